@@ -1,0 +1,39 @@
+# recsys: `make demo` runs the whole pipeline on generated data; `make test` runs the tests.
+# Both set everything up first (idempotent; quick the second time).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.setup-done
+CONFIG  ?= conf/local.yaml
+ARGS    ?=
+UV      := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+
+.PHONY: setup demo test test-fast clean bench-quality
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	@test -x $(PY) || $(UV) venv --quiet --python python3.11 $(VENV)
+	$(UV) pip install --quiet --python $(PY) -r requirements.lock
+	@# petastorm declares setuptools<70, torch setuptools>=77: install it without its declared deps
+	@# (its real runtime deps are in requirements.lock).
+	$(UV) pip install --quiet --python $(PY) --no-deps petastorm==0.13.1
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	@# Resolve the Delta Lake jars from Maven Central once (Ivy caches them) and check Delta works.
+	@$(PY) -m recsys.spark > $(VENV)/spark-check.log 2>&1 || (tail -30 $(VENV)/spark-check.log; echo "Spark/Delta check failed (log: $(VENV)/spark-check.log)"; exit 1)
+	@grep OK $(VENV)/spark-check.log
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/recsys demo --config $(CONFIG) $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not e2e" $(ARGS)
+
+bench-quality: setup
+	$(PY) bench/quality.py $(ARGS)
+
+clean:
+	rm -rf lakehouse .pytest_cache

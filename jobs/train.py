@@ -1,0 +1,18 @@
+"""spark-submit entry point for the 'train' stage.
+
+    spark-submit --packages io.delta:delta-spark_4.0_2.13:4.4.0 jobs/train.py --config conf/local.yaml [key=value ...]
+
+Only parses arguments and calls recsys; nothing runs at import.
+"""
+
+import sys
+
+from recsys.cli import main as run
+
+
+def main() -> int:
+    return run(stage="train")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""Typed, layered configuration.
+
+Layers, later wins: ``conf/base.yaml`` → an environment overlay (``conf/local.yaml``,
+``conf/cluster.yaml`` …) → ``key=value`` overrides from the command line
+(``train.epochs=3``). Every key must exist in the dataclasses below: an unknown key or a
+value of the wrong type raises :class:`ConfigError` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type or an out-of-range value."""
+
+
+class Env(str, enum.Enum):
+    LOCAL = "local"
+    CLUSTER = "cluster"
+    DATABRICKS = "databricks"
+
+
+@dataclass(frozen=True)
+class LakehouseConfig:
+    root: str = "lakehouse"
+    landing: str = ""  # raw files; default <root>/landing
+
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root).expanduser().resolve()
+
+    @property
+    def landing_path(self) -> Path:
+        return Path(self.landing).expanduser().resolve() if self.landing else self.root_path / "landing"
+
+    @property
+    def reports_path(self) -> Path:
+        return self.root_path / "_reports"
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[2]"
+    app_name: str = "recsys"
+    shuffle_partitions: int = 4
+    driver_memory: str = "4g"
+    resolve_delta_jars: bool = True  # add Delta through spark.jars.packages (off where the cluster has it)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.shuffle_partitions < 1:
+            raise ConfigError("spark.shuffle_partitions must be >= 1")
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    events: str = "bronze/events"
+    catalog: str = "bronze/catalog"
+    users: str = "bronze/users"
+    quarantine: str = "bronze/quarantine"
+    user_profiles: str = "gold/user_profiles"
+    item_profiles: str = "gold/item_profiles"
+    training_examples: str = "gold/training_examples"
+    recommendations: str = "gold/recommendations"
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    users: int = 2000
+    items: int = 600
+    days: int = 30
+    seed: int = 7
+    malformed_rate: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.users < 1 or self.items < 10 or self.days < 1:
+            raise ConfigError("generator.users >= 1, generator.items >= 10 and generator.days >= 1 are required")
+        if not 0.0 <= self.malformed_rate < 0.5:
+            raise ConfigError("generator.malformed_rate must be in [0, 0.5)")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    max_seq_len: int = 50
+    min_interactions: int = 3  # users with fewer distinct interactions cannot be split train/valid/test
+    price_buckets: int = 10
+
+    def __post_init__(self) -> None:
+        if self.max_seq_len < 2:
+            raise ConfigError("features.max_seq_len must be >= 2")
+        if self.min_interactions < 3:
+            raise ConfigError("features.min_interactions must be >= 3 (train, validation and test need one item each)")
+        if self.price_buckets < 1:
+            raise ConfigError("features.price_buckets must be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden: int = 64
+    blocks: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+    side_features: bool = True
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ConfigError("model.hidden must be divisible by model.heads")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("model.dropout must be in [0, 1)")
+
+
+class Backend(str, enum.Enum):
+    AUTO = "auto"
+    GLOO = "gloo"
+    NCCL = "nccl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    num_processes: int = 2
+    local_mode: bool = False
+    use_gpu: bool = False
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    patience: int = 3  # epochs without validation NDCG@10 improvement before stopping
+    seed: int = 42
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_processes < 1:
+            raise ConfigError("train.num_processes must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("train.epochs and train.batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError("train.lr must be > 0")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    tracking_uri: str = ""  # default sqlite:///<root>/_mlflow/mlflow.db
+    artifact_location: str = ""  # default <root>/_mlflow/artifacts
+    experiment: str = "recsys"
+    model_name: str = "recsys-sasrec"
+    alias: str = "champion"
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    top_k: int = 10
+    batch_size: int = 512
+    run_date: str = ""  # default: today (UTC)
+    model_version: str = ""  # default: the version behind tracking.alias
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ConfigError("scoring.top_k must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    batch_size: int = 512
+
+
+@dataclass(frozen=True)
+class Config:
+    env: Env = Env.LOCAL
+    lakehouse: LakehouseConfig = field(default_factory=LakehouseConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    tables: TablesConfig = field(default_factory=TablesConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    # --- derived locations -------------------------------------------------------------
+    def table_path(self, name: str) -> str:
+        """Absolute path of the Delta table called ``name`` (a field of TablesConfig)."""
+        rel = getattr(self.tables, name)
+        return rel if "://" in rel or rel.startswith("/") else str(self.lakehouse.root_path / rel)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.tracking_uri or f"sqlite:///{self.lakehouse.root_path / '_mlflow' / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        return self.tracking.artifact_location or str(self.lakehouse.root_path / "_mlflow" / "artifacts")
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """``{"train.epochs": 20, …}``: the resolved config, as logged to MLflow."""
+        return _flatten(to_dict(self))
+
+
+# --- loading -------------------------------------------------------------------------------
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted where lossless."""
+    origin = typing.get_origin(tp)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        allowed = [m.value for m in tp]
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': {value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
+        return tp(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return str(value)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    raise ConfigError(f"config key '{key}': unsupported type {tp}")  # a bug in this module
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; allowed keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, key + ".")
+        else:
+            kwargs[name] = _coerce(key, value, tp)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config section '{prefix.rstrip('.')}': {e}") from e
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"train.epochs=3"`` → ``{"train": {"epochs": 3}}`` (the value is read as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node: dict[str, Any] = {}
+    cur = node
+    parts = key.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return node
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load ``conf/base.yaml``, then ``path`` (an overlay), then ``key=value`` overrides.
+
+    Raises:
+        ConfigError: a file is missing or unreadable, or a key is unknown or mistyped.
+    """
+    data = _read_yaml(CONF_DIR / "base.yaml") if (CONF_DIR / "base.yaml").is_file() else {}
+    if path is not None:
+        p = Path(path)
+        if p.resolve() != (CONF_DIR / "base.yaml").resolve():
+            data = _merge(data, _read_yaml(p))
+    for o in overrides:
+        data = _merge(data, parse_override(o))
+    return _build(Config, data)
+
+
+def replace(cfg: Config, *overrides: str) -> Config:
+    """A copy of ``cfg`` with ``key=value`` overrides applied (checked like any other)."""
+    return _build(Config, _merge(to_dict(cfg), _merged_overrides(overrides)))
+
+
+def _merged_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for o in overrides:
+        out = _merge(out, parse_override(o))
+    return out

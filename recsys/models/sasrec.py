@@ -1,0 +1,152 @@
+"""A causal transformer recommender (SASRec family) with side information.
+
+An item's vector fuses its id embedding with embeddings of its category, brand and price
+bucket (and, optionally, a projected text embedding); the same vectors score the output
+(tied weights), so ranking the whole catalogue is one matmul. Each input position also
+gets a position embedding and an event-type embedding (view, click, add_to_cart, purchase).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class SASRecSpec:
+    """Everything needed to rebuild the network (stored with the model)."""
+
+    num_items: int  # ids 1..num_items, 0 = padding
+    max_len: int
+    hidden: int = 64
+    blocks: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+    num_categories: int = 0
+    num_brands: int = 0
+    num_price_buckets: int = 0
+    num_event_types: int = 5
+    text_dim: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SASRec(nn.Module):
+    """Inputs ``items``, ``types``: (B, L) int64, left-padded with 0. Output hidden (B, L, H)."""
+
+    def __init__(self, spec: SASRecSpec, item_category: torch.Tensor | None = None,
+                 item_brand: torch.Tensor | None = None, item_price: torch.Tensor | None = None,
+                 item_text: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        n, h = spec.num_items + 1, spec.hidden
+        self.item_emb = nn.Embedding(n, h, padding_idx=0)
+        self.pos_emb = nn.Embedding(spec.max_len, h)
+        self.type_emb = nn.Embedding(spec.num_event_types + 1, h, padding_idx=0)
+        # Side features: one lookup table per feature, indexed through per-item buffers.
+        self.side = nn.ModuleDict()
+        for name, size, table in (
+            ("category", spec.num_categories, item_category),
+            ("brand", spec.num_brands, item_brand),
+            ("price", spec.num_price_buckets, item_price),
+        ):
+            if size > 0:
+                if table is None or table.shape != (n,):
+                    raise ValueError(f"item_{name} must be a ({n},) tensor when num_{name}>0")
+                self.side[name] = nn.Embedding(size + 1, h, padding_idx=0)
+                self.register_buffer(f"item_{name}", table.long().clone(), persistent=True)
+        if spec.text_dim > 0:
+            if item_text is None or item_text.shape != (n, spec.text_dim):
+                raise ValueError(f"item_text must be a ({n}, {spec.text_dim}) tensor when text_dim>0")
+            self.register_buffer("item_text", item_text.float().clone(), persistent=True)
+            self.text_proj = nn.Linear(spec.text_dim, h, bias=False)
+        self.emb_dropout = nn.Dropout(spec.dropout)
+        layer = nn.TransformerEncoderLayer(
+            d_model=h, nhead=spec.heads, dim_feedforward=h * 4 if h < 128 else h * 2,
+            dropout=spec.dropout, activation="gelu", batch_first=True, norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers=spec.blocks, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(h)
+        self.register_buffer(
+            "causal", torch.triu(torch.ones(spec.max_len, spec.max_len, dtype=torch.bool), diagonal=1),
+            persistent=False,
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for emb in [self.item_emb, self.pos_emb, self.type_emb, *self.side.values()]:
+            nn.init.normal_(emb.weight, std=0.02)
+            if emb.padding_idx is not None:
+                with torch.no_grad():
+                    emb.weight[emb.padding_idx].zero_()
+
+    def item_vectors(self) -> torch.Tensor:
+        """(N+1, H): the fused vector of every item (row 0 = padding)."""
+        v = self.item_emb.weight
+        for name, emb in self.side.items():
+            v = v + emb(getattr(self, f"item_{name}"))
+        if self.spec.text_dim > 0:
+            v = v + self.text_proj(self.item_text)
+        return v
+
+    def encode(self, items: torch.Tensor, types: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) ids and event types → (B, L, H) causal hidden states."""
+        vectors = self.item_vectors() if vectors is None else vectors
+        B, L = items.shape
+        if L > self.spec.max_len:
+            raise ValueError(f"sequence length {L} > max_len {self.spec.max_len}")
+        pos = torch.arange(L, device=items.device)
+        x = vectors[items] * math.sqrt(self.spec.hidden) + self.pos_emb(pos)[None] + self.type_emb(types)
+        keep = (items != 0).unsqueeze(-1)  # (B, L, 1): padding stays zero, as in SASRec
+        x = self.emb_dropout(x) * keep
+        x = self.encoder(x, mask=self.causal[:L, :L], is_causal=True)
+        return self.final_norm(x) * keep
+
+    def forward(self, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Without ``targets``: scores of every item after the last position, (B, N+1), column
+        0 = -inf. With ``targets`` (B, L): the full-softmax training loss (a scalar), so that
+        training goes through ``forward`` and DDP's gradient hooks fire."""
+        if targets is not None:
+            return full_softmax_loss(self, items, types, targets)
+        vectors = self.item_vectors()
+        h = self.encode(items, types, vectors)[:, -1]  # (B, H)
+        scores = h @ vectors.T
+        scores[:, 0] = float("-inf")
+        return scores
+
+
+def full_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the next item over the whole catalogue at every non-pad position.
+
+    items, types, targets: (B, L) int64; targets 0 = no target at that position.
+    """
+    vectors = model.item_vectors()
+    h = model.encode(items, types, vectors)  # (B, L, H)
+    sel = targets != 0
+    logits = h[sel] @ vectors.T  # (P, N+1)
+    logits[:, 0] = float("-inf")
+    return F.cross_entropy(logits, targets[sel])
+
+
+def sampled_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor,
+                         num_negatives: int) -> torch.Tensor:
+    """Cross-entropy over the target and ``num_negatives`` uniformly sampled items (shared by the batch).
+
+    For catalogues too large for a full softmax; log-Q correction for uniform sampling is a
+    constant and cancels.
+    """
+    vectors = model.item_vectors()
+    h = model.encode(items, types, vectors)
+    sel = targets != 0
+    hs, ts = h[sel], targets[sel]  # (P, H), (P,)
+    neg = torch.randint(1, vectors.shape[0], (num_negatives,), device=items.device)
+    pos_logit = (hs * vectors[ts]).sum(-1, keepdim=True)  # (P, 1)
+    neg_logit = hs @ vectors[neg].T  # (P, K)
+    neg_logit = neg_logit.masked_fill(neg[None, :] == ts[:, None], float("-inf"))  # a sampled target is no negative
+    logits = torch.cat([pos_logit, neg_logit], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(ts), dtype=torch.long, device=items.device))

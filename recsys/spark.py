@@ -1,0 +1,100 @@
+"""The one place a SparkSession with Delta Lake is built."""
+
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import SparkSession
+
+from recsys.config import Config, SparkConfig
+
+
+def delta_package() -> str:
+    """Maven coordinate of the Delta jar matching the installed delta-spark and pyspark.
+
+    The same rule as ``delta.configure_spark_with_delta_pip``: io.delta:delta-spark_<spark
+    major.minor>_2.13:<delta-spark version>.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        delta_version = version("delta-spark")
+    except PackageNotFoundError as e:
+        raise RuntimeError("delta-spark is not installed: run `make setup` (or `pip install delta-spark==4.4.0`)") from e
+    import pyspark
+
+    spark_mm = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{spark_mm}_2.13:{delta_version}"
+
+
+def spark_conf(cfg: SparkConfig) -> dict[str, str]:
+    """The Spark settings recsys needs, as a plain mapping (also used by tests)."""
+    conf = {
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.memory": cfg.driver_memory,
+        # Arrow for pandas UDFs and toPandas.
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Fail fast when TorchDistributor asks for more barrier slots than exist.
+        "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "1",
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.sql.adaptive.enabled": "true",
+    }
+    if cfg.resolve_delta_jars:
+        conf["spark.jars.packages"] = delta_package()
+    conf.update(cfg.extra)
+    return conf
+
+
+def get_spark(cfg: Config | None = None) -> SparkSession:
+    """Return the active SparkSession, or build one with Delta Lake from ``cfg.spark``.
+
+    Raises:
+        RuntimeError: Java is missing or the Delta jars cannot be resolved, with how to fix it.
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    sc = cfg.spark if cfg is not None else SparkConfig()
+    builder = SparkSession.builder.appName(sc.app_name)
+    if sc.master:
+        builder = builder.master(sc.master)
+    for k, v in spark_conf(sc).items():
+        builder = builder.config(k, v)
+    # Spark's workers must run the same interpreter as the driver (our venv).
+    import sys
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as e:  # the JVM did not start: say how to fix it
+        raise RuntimeError(
+            "could not start Spark with Delta Lake. Check that Java 17 is installed (`java -version`) "
+            "and that the Delta jars were resolved once with `make setup` (they come from Maven Central "
+            f"through spark.jars.packages). Cause: {e}"
+        ) from e
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def check() -> None:
+    """Start Spark with Delta once (resolving and caching the jars) and round-trip a table."""
+    import tempfile
+
+    spark = get_spark()
+    with tempfile.TemporaryDirectory() as d:
+        spark.range(3).write.format("delta").save(f"{d}/t")
+        n = spark.read.format("delta").load(f"{d}/t").count()
+    if n != 3:
+        raise RuntimeError(f"Delta round trip returned {n} rows instead of 3")
+    print(f"Spark {spark.version} with {delta_package()}: OK")
+    spark.stop()
+
+
+if __name__ == "__main__":
+    check()

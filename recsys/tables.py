@@ -1,0 +1,106 @@
+"""Table names, schemas and Delta read/write helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from recsys.config import Config
+
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "search")
+# Index 0 is padding in the model's event-type embedding.
+EVENT_TYPE_INDEX = {t: i + 1 for i, t in enumerate(EVENT_TYPES)}
+FUNNEL_RANK = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 4}
+
+# Raw files are read against these schemas, never inferred per file.
+RAW_EVENT_SCHEMA = T.StructType(
+    [
+        T.StructField("event_id", T.StringType()),
+        T.StructField("ts", T.StringType()),  # ISO-8601 or epoch milliseconds
+        T.StructField("user_id", T.StringType()),
+        T.StructField("session_id", T.StringType()),
+        T.StructField("event_type", T.StringType()),
+        T.StructField("item_id", T.StringType()),
+        T.StructField("query", T.StringType()),
+        T.StructField("price", T.StringType()),
+        T.StructField("quantity", T.StringType()),
+    ]
+)
+
+RAW_CATALOG_SCHEMA = T.StructType(
+    [
+        T.StructField("item_id", T.StringType()),
+        T.StructField("title", T.StringType()),
+        T.StructField("description", T.StringType()),
+        T.StructField("category", T.StringType()),
+        T.StructField("brand", T.StringType()),
+        T.StructField("price", T.StringType()),
+        T.StructField("in_stock", T.StringType()),
+    ]
+)
+
+RAW_USER_SCHEMA = T.StructType(
+    [
+        T.StructField("user_id", T.StringType()),
+        T.StructField("age", T.StringType()),
+        T.StructField("gender", T.StringType()),
+        T.StructField("location", T.StringType()),
+    ]
+)
+
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField("source", T.StringType(), False),  # events | catalog | users
+        T.StructField("source_file", T.StringType()),
+        T.StructField("rule", T.StringType(), False),
+        T.StructField("raw", T.StringType()),
+        T.StructField("ingested_at", T.TimestampType()),
+    ]
+)
+
+
+def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
+    """Read the Delta table ``name`` (a TablesConfig field).
+
+    Raises:
+        FileNotFoundError: the table has not been written yet, naming the job that writes it.
+    """
+    path = cfg.table_path(name)
+    if "://" not in path and not (Path(path) / "_delta_log").is_dir():
+        raise FileNotFoundError(
+            f"Delta table '{name}' not found at {path}: run the job that writes it first "
+            f"({WRITTEN_BY.get(name, 'recsys demo')})"
+        )
+    return spark.read.format("delta").load(path)
+
+
+def write_table(df: DataFrame, cfg: Config, name: str, *, partition_by: list[str] | None = None,
+                replace_where: str | None = None) -> None:
+    """Overwrite the Delta table ``name`` (or only the rows matching ``replace_where``)."""
+    writer = df.write.format("delta").mode("overwrite")
+    if replace_where:
+        writer = writer.option("replaceWhere", replace_where)
+    else:
+        writer = writer.option("overwriteSchema", "true")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.save(cfg.table_path(name))
+
+
+def table_exists(cfg: Config, name: str) -> bool:
+    path = cfg.table_path(name)
+    return "://" in path or (Path(path) / "_delta_log").is_dir()
+
+
+WRITTEN_BY = {
+    "events": "recsys ingest",
+    "catalog": "recsys ingest",
+    "users": "recsys ingest",
+    "quarantine": "recsys ingest",
+    "user_profiles": "recsys build-profiles",
+    "item_profiles": "recsys build-profiles",
+    "training_examples": "recsys build-profiles",
+    "recommendations": "recsys recommend",
+}

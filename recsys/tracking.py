@@ -1,0 +1,57 @@
+"""MLflow conventions: where runs go, what they log, how models are registered and found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from recsys.config import Config
+
+
+def setup_mlflow(tracking_uri: str, artifact_location: str, experiment: str) -> str:
+    """Point MLflow at ``tracking_uri`` and return the id of ``experiment`` (created if absent)."""
+    import mlflow
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    kwargs: dict[str, Any] = {}
+    if artifact_location:
+        if "://" not in artifact_location:
+            Path(artifact_location).mkdir(parents=True, exist_ok=True)
+            artifact_location = Path(artifact_location).resolve().as_uri()
+        kwargs["artifact_location"] = artifact_location
+    return mlflow.create_experiment(experiment, **kwargs)
+
+
+def setup_from_config(cfg: Config) -> str:
+    return setup_mlflow(cfg.tracking_uri, cfg.artifact_location, cfg.tracking.experiment)
+
+
+def resolve_model_uri(cfg: Config) -> tuple[str, str]:
+    """``(models:/name/version, version)`` of the model to use: scoring.model_version or the alias.
+
+    Raises:
+        LookupError: no model is registered yet under that name or alias.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    setup_from_config(cfg)
+    client = mlflow.MlflowClient()
+    name = cfg.tracking.model_name
+    try:
+        if cfg.scoring.model_version:
+            version = client.get_model_version(name, cfg.scoring.model_version).version
+        else:
+            version = client.get_model_version_by_alias(name, cfg.tracking.alias).version
+    except MlflowException as e:
+        raise LookupError(
+            f"no registered model '{name}' (alias '{cfg.tracking.alias}' / version "
+            f"'{cfg.scoring.model_version or '-'}') in {cfg.tracking_uri}: run `recsys train` first"
+        ) from e
+    return f"models:/{name}/{version}", str(version)

@@ -1,0 +1,121 @@
+"""Driver side of training: read gold tables, start the MLflow run, launch TorchDistributor."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from recsys.config import Config
+from recsys.ingest.pipeline import write_report
+from recsys.tables import read_table
+from recsys.training.data import materialise
+from recsys.training.loop import TrainJob, train_worker
+
+log = logging.getLogger(__name__)
+
+
+def item_feature_tables(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Per-item side features as dense lists indexed by item_idx (index 0 = padding)."""
+    items = read_table(spark, cfg, "item_profiles").select(
+        "item_idx", "category_idx", "brand_idx", "price_bucket"
+    ).toPandas()
+    n = int(items["item_idx"].max())
+    cat, brand, price = [0] * (n + 1), [0] * (n + 1), [0] * (n + 1)
+    for r in items.itertuples(index=False):
+        cat[r.item_idx], brand[r.item_idx], price[r.item_idx] = int(r.category_idx), int(r.brand_idx), int(r.price_bucket)
+    return {
+        "num_items": n,
+        "item_category": cat,
+        "item_brand": brand,
+        "item_price": price,
+        "num_categories": int(items["category_idx"].max()),
+        "num_brands": int(items["brand_idx"].max()),
+        "num_price_buckets": int(items["price_bucket"].max()),
+    }
+
+
+def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Train the recommender with TorchDistributor; log, register and alias it in MLflow.
+
+    Returns the training summary: run id, model version, epochs, best validation NDCG@10.
+
+    Raises:
+        FileNotFoundError: the gold tables are missing (run build-profiles first).
+        ValueError: there are no training examples.
+        RuntimeError: the distributed job failed.
+    """
+    import mlflow
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    from recsys.tracking import setup_from_config
+
+    t0 = time.time()
+    examples = read_table(spark, cfg, "training_examples")
+    feats = item_feature_tables(spark, cfg)
+    cache = (cfg.lakehouse.root_path / "_petastorm").as_uri()
+    world = cfg.train.num_processes
+    train_set = materialise(spark, examples.where(F.col("split") == "train"), cache, files=4 * world)
+    valid_set = materialise(spark, examples.where(F.col("split") == "validation"), cache, files=4 * world)
+    log.info("materialised %d train / %d validation rows for petastorm in %.1fs", train_set.rows, valid_set.rows, time.time() - t0)
+    if train_set.rows == 0:
+        raise ValueError("training_examples has no train rows: generate or ingest more events")
+
+    side = cfg.model.side_features
+    spec = {
+        "num_items": feats["num_items"],
+        "max_len": cfg.features.max_seq_len,
+        "hidden": cfg.model.hidden,
+        "blocks": cfg.model.blocks,
+        "heads": cfg.model.heads,
+        "dropout": cfg.model.dropout,
+        "num_categories": feats["num_categories"] if side else 0,
+        "num_brands": feats["num_brands"] if side else 0,
+        "num_price_buckets": feats["num_price_buckets"] if side else 0,
+    }
+    experiment_id = setup_from_config(cfg)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}") as run:
+        mlflow.log_params(cfg.to_flat_dict())
+        mlflow.log_params({"data.train_rows": train_set.rows, "data.validation_rows": valid_set.rows,
+                           "data.num_items": feats["num_items"]})
+        run_id = run.info.run_id
+    job = TrainJob(
+        spec=spec,
+        item_category=feats["item_category"],
+        item_brand=feats["item_brand"],
+        item_price=feats["item_price"],
+        train=train_set,
+        validation=valid_set,
+        epochs=cfg.train.epochs,
+        batch_size=cfg.train.batch_size,
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        warmup_steps=cfg.train.warmup_steps,
+        patience=cfg.train.patience,
+        seed=cfg.train.seed,
+        torch_threads=cfg.train.torch_threads,
+        use_gpu=cfg.train.use_gpu,
+        tracking_uri=cfg.tracking_uri,
+        run_id=run_id,
+        model_name=cfg.tracking.model_name,
+        alias=cfg.tracking.alias,
+    )
+    log.info("starting TorchDistributor: %d processes, local_mode=%s, use_gpu=%s", world, cfg.train.local_mode, cfg.train.use_gpu)
+    t1 = time.time()
+    distributor = TorchDistributor(num_processes=world, local_mode=cfg.train.local_mode, use_gpu=cfg.train.use_gpu)
+    try:
+        summary = distributor.run(train_worker, job)
+    except Exception as e:
+        raise RuntimeError(f"distributed training failed ({world} processes, local_mode={cfg.train.local_mode}): {e}") from e
+    finally:
+        train_set.delete()
+        valid_set.delete()
+    log.info("distributed training finished in %.1fs (loop %.1fs)", time.time() - t1, summary.get("train_seconds", 0.0))
+    summary["run_id"] = run_id
+    summary["train_rows"] = train_set.rows
+    write_report(cfg, "train", summary)
+    return summary

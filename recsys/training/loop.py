@@ -1,0 +1,195 @@
+"""The function each ``TorchDistributor`` rank runs: DDP training with early stopping.
+
+Everything it needs arrives in one picklable ``TrainJob``; torch, petastorm and mlflow are
+imported inside, as the distributor requires. Only rank 0 talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainJob:
+    spec: dict  # SASRecSpec fields
+    item_category: list[int]
+    item_brand: list[int]
+    item_price: list[int]
+    train: Any  # ShardedExamples
+    validation: Any  # ShardedExamples
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    patience: int
+    seed: int
+    torch_threads: int
+    use_gpu: bool
+    tracking_uri: str = ""
+    run_id: str = ""
+    model_name: str = ""
+    alias: str = ""
+    item_text: list[list[float]] | None = None
+    extra_tags: dict = field(default_factory=dict)
+
+
+def build_model(job: TrainJob):
+    """The untrained network described by ``job`` (same weights on every rank for one seed)."""
+    import torch
+
+    from recsys.models.sasrec import SASRec, SASRecSpec
+
+    spec = SASRecSpec(**job.spec)
+    longs = lambda xs, used: torch.tensor(xs, dtype=torch.long) if used else None  # noqa: E731
+    return SASRec(
+        spec,
+        item_category=longs(job.item_category, spec.num_categories),
+        item_brand=longs(job.item_brand, spec.num_brands),
+        item_price=longs(job.item_price, spec.num_price_buckets),
+        item_text=torch.tensor(job.item_text, dtype=torch.float32) if spec.text_dim else None,
+    )
+
+
+def _lr_at(step: int, job: TrainJob, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak rate."""
+    if step < job.warmup_steps:
+        return job.lr * (step + 1) / job.warmup_steps
+    progress = min(1.0, (step - job.warmup_steps) / max(1, total - job.warmup_steps))
+    return job.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_worker(job: TrainJob) -> dict:
+    """Run on every rank. Returns the training summary (rank 0's reaches the driver)."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from recsys.evaluation.metrics import metric_sums, target_ranks
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # petastorm on pyarrow 14
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    gpu = job.use_gpu and torch.cuda.is_available()
+    distributed = world > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if gpu else "gloo")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if gpu else "cpu")
+    torch.set_num_threads(job.torch_threads)
+    torch.manual_seed(job.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
+
+    model = build_model(job).to(device)
+    net = DDP(model) if distributed else model
+    opt = torch.optim.AdamW(model.parameters(), lr=job.lr, weight_decay=job.weight_decay, betas=(0.9, 0.98))
+    steps_per_epoch = max(1, math.ceil(job.train.rows / (job.batch_size * world)))
+    total_steps = steps_per_epoch * job.epochs
+
+    mlflow = None
+    if rank == 0 and job.run_id:
+        import mlflow as _mlflow
+
+        _mlflow.set_tracking_uri(job.tracking_uri)
+        mlflow = _mlflow
+        mlflow.start_run(run_id=job.run_id)
+
+    def loss_fn(batch: dict) -> torch.Tensor:
+        # Called through the DDP wrapper (when there is one) so its gradient all-reduce fires.
+        return net(batch["input_items"].to(device), batch["input_types"].to(device),
+                   batch["target_items"].to(device))
+
+    def validate() -> tuple[float, float]:
+        model.eval()
+        sums = torch.zeros(3, dtype=torch.float64)
+        with torch.no_grad():
+            for b in job.validation.batches(512, rank, world, endless=False, shuffle=False):
+                items = b["input_items"].to(device)
+                scores = model(items, b["input_types"].to(device))
+                mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, items, True)
+                sums += metric_sums(target_ranks(scores, b["target"].to(device), mask).cpu(), 10)
+        if distributed:
+            dist.all_reduce(sums)
+        model.train()
+        n = max(sums[2].item(), 1.0)
+        return sums[1].item() / n, sums[0].item() / n
+
+    history: list[dict] = []
+    best = {"ndcg": -1.0, "epoch": 0, "state": None}
+    step, bad_epochs, t0 = 0, 0, time.time()
+    stream = job.train.batches(job.batch_size, rank, world, endless=True, shuffle=True)
+    try:
+        for epoch in range(1, job.epochs + 1):
+            model.train()
+            loss_sum, n = 0.0, 0
+            for _ in range(steps_per_epoch):
+                batch = next(stream)
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(step, job, total_steps)
+                loss = loss_fn(batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                loss_sum += loss.item()
+                n += 1
+                step += 1
+            ndcg, hr = validate()
+            rec = {"epoch": epoch, "train_loss": loss_sum / n, "val_ndcg_at_10": ndcg, "val_hr_at_10": hr,
+                   "seconds": time.time() - t0}
+            history.append(rec)
+            if mlflow is not None:
+                mlflow.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=epoch)
+            if ndcg > best["ndcg"]:
+                best = {"ndcg": ndcg, "epoch": epoch,
+                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+                if bad_epochs >= job.patience:  # same decision on every rank: ndcg was all-reduced
+                    break
+    finally:
+        stream.close()
+
+    summary: dict[str, Any] = {
+        "epochs_run": len(history),
+        "best_epoch": best["epoch"],
+        "best_val_ndcg_at_10": best["ndcg"],
+        "train_seconds": time.time() - t0,
+        "history": history,
+        "world_size": world,
+    }
+    if rank == 0:
+        model.load_state_dict(best["state"])
+        model.cpu().eval()
+        if mlflow is not None:
+            t_log = time.time()
+            summary.update(_log_model(mlflow, model, job, summary))
+            summary["log_model_seconds"] = time.time() - t_log
+            mlflow.end_run()
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def _log_model(mlflow, model, job: TrainJob, summary: dict) -> dict:
+    """Log the best model to the run, register it and point the alias at the new version."""
+    mlflow.log_metrics({"best_val_ndcg_at_10": summary["best_val_ndcg_at_10"], "best_epoch": summary["best_epoch"],
+                        "train_seconds": summary["train_seconds"], "epochs_run": summary["epochs_run"]})
+    mlflow.log_dict(job.spec, "model_spec.json")
+    info = mlflow.pytorch.log_model(
+        model, name="model", serialization_format="pickle", registered_model_name=job.model_name or None,
+        pip_requirements=[],
+    )
+    out = {"model_uri": info.model_uri, "run_id": job.run_id}
+    version = getattr(info, "registered_model_version", None)
+    if job.model_name and version is not None:
+        client = mlflow.MlflowClient()
+        if job.alias:
+            client.set_registered_model_alias(job.model_name, job.alias, version)
+        out["model_version"] = str(version)
+    return out

@@ -1,0 +1,111 @@
+"""The whole pipeline on tiny generated data, with the real Spark, Delta, petastorm,
+TorchDistributor (2 processes) and MLflow. Also: the notebook and the CLI's error lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from recsys.demo import demo
+from recsys.scoring.batch import recommend
+from recsys.tables import read_table
+
+from ..conftest import ROOT, make_config
+
+pytestmark = pytest.mark.e2e
+
+TINY = ["generator.users=250", "generator.items=120", "generator.days=14", "generator.malformed_rate=0.02",
+        "train.epochs=2", "train.patience=5", "model.hidden=32", "features.max_seq_len=20"]
+
+
+def test_demo_end_to_end(spark, tmp_path):
+    import mlflow
+
+    cfg = make_config(tmp_path / "lh", *TINY, "scoring.run_date=2026-11-01")
+    summary = demo(spark, cfg)
+
+    # demo.json holds what the issue promises
+    saved = json.loads((cfg.lakehouse.reports_path / "demo.json").read_text())
+    for key in ("events", "catalog", "users", "quarantine", "user_profiles", "item_profiles", "training_examples",
+                "recommendations"):
+        assert saved["tables"][key]["rows"] > 0, key
+    for scorer in ("model", "popularity"):
+        for m in ("ndcg_at_10", "hr_at_10"):
+            assert 0.0 <= saved["metrics"][scorer][m] <= 1.0
+    assert saved["mlflow"]["run_id"] and saved["mlflow"]["model_version"] == "1"
+
+    # bad lines were generated and every one of them is in quarantine
+    gen = summary["generator"]
+    q = read_table(spark, cfg, "quarantine").where("source = 'events'")
+    assert q.count() == gen["malformed_lines"] > 0
+    assert saved["tables"]["events"]["rows"] == gen["events_written"] - gen["malformed_lines"]
+
+    # the MLflow run: resolved config as params, per-epoch metrics, a registered model with alias
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    client = mlflow.MlflowClient()
+    run = client.get_run(saved["mlflow"]["run_id"])
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model.hidden"] == "32"
+    hist = client.get_metric_history(run.info.run_id, "val_ndcg_at_10")
+    assert [h.step for h in hist] == [1, 2]
+    assert "test_model_ndcg_at_10" in run.data.metrics  # evaluation logged to the training run
+    mv = client.get_model_version_by_alias(cfg.tracking.model_name, cfg.tracking.alias)
+    assert mv.version == "1" and mv.run_id == run.info.run_id
+
+    # recommendations: top-K per user, ranks 1..K, no purchased item, reasons from the history
+    recs = read_table(spark, cfg, "recommendations")
+    k = cfg.scoring.top_k
+    per_user = recs.groupBy("user_id").agg(F.count("*").alias("n"), F.countDistinct("item_id").alias("d"),
+                                           F.min("rank").alias("lo"), F.max("rank").alias("hi"))
+    assert per_user.where(f"n != {k} or d != {k} or lo != 1 or hi != {k}").count() == 0
+    profiles = read_table(spark, cfg, "user_profiles")
+    items = read_table(spark, cfg, "item_profiles").select("item_id", "item_idx")
+    bought = profiles.select("user_id", F.explode("purchased_item_idx").alias("item_idx")).join(items, "item_idx")
+    assert recs.join(bought, ["user_id", "item_id"]).count() == 0
+    hist_items = profiles.select("user_id", F.explode("history.item_id").alias("reason_item_id")).distinct()
+    assert recs.join(hist_items, ["user_id", "reason_item_id"], "left_anti").count() == 0
+    ordered = recs.where("rank <= 2").groupBy("user_id").pivot("rank").agg(F.first("score"))
+    assert ordered.where("`1` < `2`").count() == 0
+
+    # a rerun for the same run_date replaces, never duplicates
+    before = recs.count()
+    recommend(spark, cfg)
+    assert read_table(spark, cfg, "recommendations").count() == before
+
+
+def test_notebook_runs_as_plain_python(spark, tmp_path, monkeypatch):
+    root = tmp_path / "nb"
+    monkeypatch.setenv("RECSYS_CONFIG", str(ROOT / "conf" / "local.yaml"))
+    monkeypatch.setenv("RECSYS_OVERRIDES", " ".join([f"lakehouse.root={root}", *TINY, "train.epochs=1"]))
+    nb = ROOT / "notebooks" / "recsys_pipeline.py"
+    assert nb.read_text().splitlines()[0] == "# Databricks notebook source"
+    runpy.run_path(str(nb), run_name="__main__")
+    cfg = make_config(root)
+    assert read_table(spark, cfg, "recommendations").count() > 0
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "recsys.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)
+
+
+def test_cli_wrong_config_key_is_one_clear_line(tmp_path):
+    p = _cli("train", "--config", "conf/local.yaml", f"lakehouse.root={tmp_path}", "train.epoch=3")
+    assert p.returncode == 2
+    lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
+    assert lines == ["recsys train: error: unknown config key 'train.epoch'; allowed keys here: batch_size, epochs, "
+                     "local_mode, lr, num_processes, patience, seed, torch_threads, use_gpu, warmup_steps, weight_decay"]
+
+
+def test_cli_missing_input_folder_is_one_clear_line(tmp_path):
+    p = _cli("ingest", "--config", "conf/local.yaml", f"lakehouse.root={tmp_path}")
+    assert p.returncode == 2
+    lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "input folder" in lines[0] and "does not exist" in lines[0]

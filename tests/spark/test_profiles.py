@@ -1,0 +1,75 @@
+"""Gold tables from hand-made bronze events: steps, profiles, the leave-one-out split."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from recsys.features.profiles import build_profiles
+from recsys.tables import read_table, write_table
+
+pytestmark = pytest.mark.spark
+
+
+def bronze(spark, cfg, events):
+    cat = spark.createDataFrame(
+        [(f"i{k}", f"Item {k}", "", "A>B" if k % 2 else "C>D", "b", float(k), True) for k in range(1, 9)],
+        "item_id string, title string, description string, category string, brand string, price double, in_stock boolean",
+    )
+    write_table(cat, cfg, "catalog")
+    t0 = dt.datetime(2026, 10, 1, 10, 0, 0)
+    rows = [(f"e{n}", t0 + dt.timedelta(minutes=n), u, "s", et, item, None, 1.0, None)
+            for n, (u, et, item) in enumerate(events)]
+    df = spark.createDataFrame(
+        rows, "event_id string, ts timestamp, user_id string, session_id string, event_type string, item_id string, "
+              "query string, price double, quantity int")
+    write_table(df, cfg, "events")
+
+
+def test_steps_and_leave_one_out(spark, cfg):
+    events = [
+        ("u1", "view", "i1"), ("u1", "click", "i1"), ("u1", "add_to_cart", "i1"),  # step 1: i1, add_to_cart
+        ("u1", "view", "i2"),                                                      # step 2
+        ("u1", "search", None),
+        ("u1", "view", "i3"), ("u1", "click", "i3"), ("u1", "purchase", "i3"),     # step 3: purchase
+        ("u1", "view", "i4"),                                                      # step 4
+        ("u1", "view", "i5"),                                                      # step 5
+        ("u2", "view", "i6"), ("u2", "view", "i7"),                                # too short: 2 steps
+    ]
+    bronze(spark, cfg, events)
+    report = build_profiles(spark, cfg)
+    assert report["training_examples"] == {"train": 1, "validation": 1, "test": 1}
+
+    items = {r["item_id"]: r["item_idx"] for r in read_table(spark, cfg, "item_profiles").collect()}
+    idx = [items[f"i{k}"] for k in range(1, 6)]
+    prof = {r["user_id"]: r for r in read_table(spark, cfg, "user_profiles").collect()}
+    u1 = prof["u1"]
+    assert u1["seq_item_idx"] == idx
+    assert [h["event_type"] for h in u1["history"]] == ["add_to_cart", "view", "purchase", "view", "view"]
+    assert u1["n_view"] == 5 and u1["n_search"] == 1 and u1["n_purchase"] == 1
+    assert u1["purchased_item_idx"] == [items["i3"]]
+    assert prof["u2"]["n_steps"] == 2
+
+    ex = {r["split"]: r for r in read_table(spark, cfg, "training_examples").collect()}
+    L = cfg.features.max_seq_len
+    pad = lambda xs: [0] * (L - len(xs)) + xs  # noqa: E731
+    assert ex["test"]["target"] == idx[4] and ex["test"]["input_items"] == pad(idx[:4])
+    assert ex["validation"]["target"] == idx[3] and ex["validation"]["input_items"] == pad(idx[:3])
+    assert ex["train"]["input_items"] == pad(idx[:2]) and ex["train"]["target_items"] == pad(idx[1:3])
+    assert sorted(ex["test"]["history_items"]) == sorted(idx[:4])
+    assert len(ex["train"]["input_types"]) == L
+
+
+def test_item_profiles_rates_and_indices(spark, cfg):
+    bronze(spark, cfg, [("u1", "view", "i1"), ("u1", "click", "i1"), ("u2", "view", "i1"), ("u2", "view", "i2"),
+                        ("u2", "view", "i3"), ("u2", "view", "i4")])
+    build_profiles(spark, cfg)
+    items = {r["item_id"]: r for r in read_table(spark, cfg, "item_profiles").collect()}
+    assert sorted(r["item_idx"] for r in items.values()) == list(range(1, 9))
+    i1 = items["i1"]
+    assert (i1["views"], i1["clicks"], i1["users"]) == (2, 1, 2)
+    assert i1["ctr"] == pytest.approx((1 + 1) / (2 + 2))
+    assert i1["popularity_rank"] == 1
+    assert items["i8"]["views"] == 0 and items["i8"]["ctr"] == pytest.approx(0.5)
+    assert {r["price_bucket"] for r in items.values()} <= set(range(1, cfg.features.price_buckets + 1))

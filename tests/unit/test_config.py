@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+
+from recsys.config import ConfigError, Env, load_config, parse_override, replace
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def test_layers_and_overrides():
+    cfg = load_config(CONF / "local.yaml", ["train.epochs=3", "model.dropout=0.3", "evaluation.ks=[1, 10]"])
+    assert cfg.env is Env.LOCAL
+    assert cfg.train.epochs == 3
+    assert cfg.model.dropout == pytest.approx(0.3)
+    assert cfg.evaluation.ks == [1, 10]
+    assert cfg.spark.master == "local[2]"  # from local.yaml
+
+
+def test_every_overlay_loads():
+    for name in ("local", "cluster", "databricks"):
+        cfg = load_config(CONF / f"{name}.yaml")
+        assert cfg.env.value == name
+
+
+def test_derived_locations(tmp_path):
+    cfg = load_config(CONF / "local.yaml", [f"lakehouse.root={tmp_path}"])
+    assert cfg.table_path("events") == str(tmp_path / "bronze" / "events")
+    assert cfg.tracking_uri == f"sqlite:///{tmp_path / '_mlflow' / 'mlflow.db'}"
+    assert cfg.lakehouse.landing_path == tmp_path / "landing"
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.epoch=3", "unknown config key 'train.epoch'"),
+        ("nosuchsection.x=1", "unknown config key 'nosuchsection'"),
+        ("train.epochs=three", "config key 'train.epochs': expected an integer"),
+        ("train.local_mode=maybe", "config key 'train.local_mode': expected true or false"),
+        ("env=prod", "allowed values: local, cluster, databricks"),
+        ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
+        ("model.heads=3", "model.hidden must be divisible by model.heads"),
+    ],
+)
+def test_bad_values_name_the_key(override, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(CONF / "local.yaml", [override])
+    assert fragment in str(e.value)
+
+
+def test_override_syntax():
+    assert parse_override("a.b=3") == {"a": {"b": 3}}
+    assert parse_override("a=x y") == {"a": "x y"}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("train.epochs")
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("conf/nope.yaml")
+
+
+def test_replace_checks_like_load():
+    cfg = load_config(CONF / "local.yaml")
+    assert replace(cfg, "train.epochs=2").train.epochs == 2
+    with pytest.raises(ConfigError):
+        replace(cfg, "train.nope=2")
+
+
+def test_flat_dict_for_mlflow():
+    flat = load_config(CONF / "local.yaml").to_flat_dict()
+    assert flat["train.epochs"] == 20
+    assert flat["env"] == "local"
+    assert all(isinstance(k, str) for k in flat)
