@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from recsys.config import Config, ConfigError, load_config
 
-STAGES = ("generate", "ingest", "build-profiles", "train", "evaluate", "recommend", "demo")
+STAGES = ("generate", "import", "ingest", "build-profiles", "train", "evaluate", "recommend", "forget-user", "demo")
 
 
 def _quiet() -> None:
@@ -79,6 +79,23 @@ def run_recommend(cfg: Config) -> dict[str, Any]:
     return recommend(get_spark(cfg), cfg)
 
 
+def run_forget_user(cfg: Config) -> dict[str, Any]:
+    from recsys.forget import forget_user
+    from recsys.spark import get_spark
+
+    if not cfg.privacy.user:
+        raise ValueError("forget-user needs the user id: recsys forget-user privacy.user=<raw user id>")
+    return forget_user(get_spark(cfg), cfg, cfg.privacy.user)
+
+
+def run_import(cfg: Config, source: str | None = None, fmt: str | None = None) -> dict[str, Any]:
+    from recsys.ingest.adapters import import_dataset
+
+    if not source or not fmt:
+        raise ValueError("import needs --source PATH and --format {sequences,diginetica,csv}")
+    return import_dataset(source, cfg.lakehouse.landing_path, fmt)
+
+
 def run_demo(cfg: Config) -> dict[str, Any]:
     from recsys.demo import demo
     from recsys.spark import get_spark
@@ -93,6 +110,7 @@ RUNNERS: dict[str, Callable[[Config], dict[str, Any]]] = {
     "train": run_train,
     "evaluate": run_evaluate,
     "recommend": run_recommend,
+    "forget-user": run_forget_user,
     "demo": run_demo,
 }
 
@@ -106,8 +124,11 @@ def parse_args(argv: Sequence[str], stage: str | None = None) -> tuple[str, argp
     if stage is None:
         p.add_argument("stage", choices=STAGES, help="the pipeline stage to run")
     p.add_argument("--config", default=None, help="an overlay over conf/base.yaml, e.g. conf/local.yaml")
+    if stage in (None, "import"):
+        p.add_argument("--source", help="import: the dataset file to convert into raw logs")
+        p.add_argument("--format", dest="fmt", choices=("sequences", "diginetica", "csv"), help="import: its format")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
-    args = p.parse_args(list(argv))
+    args = p.parse_intermixed_args(list(argv))
     return (stage or args.stage), args
 
 
@@ -117,7 +138,10 @@ def main(argv: Sequence[str] | None = None, stage: str | None = None) -> int:
     _quiet()
     try:
         cfg = load_config(args.config, args.overrides)
-        result = RUNNERS[stage](cfg)
+        if stage == "import":
+            result = run_import(cfg, args.source, args.fmt)
+        else:
+            result = RUNNERS[stage](cfg)
     except USER_ERRORS as e:
         if os.environ.get("RECSYS_DEBUG"):
             raise

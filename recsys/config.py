@@ -9,6 +9,7 @@ value of the wrong type raises :class:`ConfigError` naming the key and what is a
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import os
 import typing
@@ -70,6 +71,7 @@ class TablesConfig:
     user_profiles: str = "gold/user_profiles"
     item_profiles: str = "gold/item_profiles"
     training_examples: str = "gold/training_examples"
+    item_text_embeddings: str = "gold/item_text_embeddings"
     recommendations: str = "gold/recommendations"
 
 
@@ -93,6 +95,9 @@ class FeaturesConfig:
     max_seq_len: int = 50
     min_interactions: int = 3  # users with fewer distinct interactions cannot be split train/valid/test
     price_buckets: int = 10
+    text_embeddings: bool = True  # build item_text_embeddings with a sentence encoder
+    text_model: str = ""  # a sentence-transformers model path; "" = the bundled all-MiniLM-L6-v2
+    text_batch_size: int = 64
 
     def __post_init__(self) -> None:
         if self.max_seq_len < 2:
@@ -156,9 +161,15 @@ class TrackingConfig:
     alias: str = "champion"
 
 
+class Exclude(str, enum.Enum):
+    PURCHASED = "purchased"
+    INTERACTED = "interacted"
+
+
 @dataclass(frozen=True)
 class ScoringConfig:
     top_k: int = 10
+    exclude: Exclude = Exclude.PURCHASED  # items never recommended back: bought ones, or every one seen
     batch_size: int = 512
     run_date: str = ""  # default: today (UTC)
     model_version: str = ""  # default: the version behind tracking.alias
@@ -168,10 +179,30 @@ class ScoringConfig:
             raise ConfigError("scoring.top_k must be >= 1")
 
 
+class Baseline(str, enum.Enum):
+    POPULARITY = "popularity"
+    COOCCURRENCE = "cooccurrence"
+    ALS = "als"
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     batch_size: int = 512
+    baselines: list[Baseline] = field(default_factory=lambda: [Baseline.POPULARITY])
+    als_rank: int = 64
+    als_max_iter: int = 15
+    als_reg_param: float = 0.05
+    als_alpha: float = 10.0
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    pseudonymise: bool = True  # replace user ids by HMAC-SHA256(key, id) at ingestion
+    key_env: str = "RECSYS_PSEUDONYM_KEY"  # environment variable holding the key
+    key_file: str = ""  # or a secret file holding it (wins over the variable)
+    user: str = ""  # the raw user id for forget-user
+    vacuum_after_forget: bool = False  # VACUUM RETAIN 0 HOURS after forget-user (no time travel back)
 
 
 @dataclass(frozen=True)
@@ -187,6 +218,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     # --- derived locations -------------------------------------------------------------
     def table_path(self, name: str) -> str:
@@ -258,6 +290,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is str:
         if value is None:
             return ""
+        if isinstance(value, (datetime.date, datetime.datetime)):  # YAML reads 2026-11-01 as a date
+            return value.isoformat()
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
         return str(value)

@@ -50,17 +50,6 @@ RAW_USER_SCHEMA = T.StructType(
     ]
 )
 
-QUARANTINE_SCHEMA = T.StructType(
-    [
-        T.StructField("source", T.StringType(), False),  # events | catalog | users
-        T.StructField("source_file", T.StringType()),
-        T.StructField("rule", T.StringType(), False),
-        T.StructField("raw", T.StringType()),
-        T.StructField("ingested_at", T.TimestampType()),
-    ]
-)
-
-
 def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
     """Read the Delta table ``name`` (a TablesConfig field).
 

@@ -21,6 +21,7 @@ from pyspark.sql import types as T
 
 from recsys.config import Config
 from recsys.ingest import rules
+from recsys.privacy import pseudonymise_col, resolve_key
 from recsys.tables import RAW_CATALOG_SCHEMA, RAW_EVENT_SCHEMA, RAW_USER_SCHEMA, write_table
 
 SOURCES = ("catalog", "users", "events")
@@ -53,12 +54,15 @@ def _classify(df: DataFrame, rule_list: list, key: str, dup_rule: str, order_by:
     )
 
 
-def _quarantine_rows(df: DataFrame, source: str, now: Column) -> DataFrame:
+def _quarantine_rows(df: DataFrame, source: str, now: Column, user_key: Column) -> DataFrame:
+    """Rejected rows; ``user_key`` (the pseudonymous user id, when the row has one) lets
+    ``forget-user`` find them."""
     return df.where(F.col("rule").isNotNull()).select(
         F.lit(source).alias("source"),
         "source_file",
         "rule",
         "raw",
+        user_key.alias("user_key"),
         now.alias("ingested_at"),
     )
 
@@ -79,6 +83,14 @@ def _counts(df: DataFrame, dup_rule: str) -> dict[str, Any]:
         "duplicates": duplicates,
         "quarantined_by_rule": dict(sorted(by_rule.items())),
     }
+
+
+def user_id_expr(cfg: Config) -> Column:
+    """The stored user id: HMAC-SHA256 pseudonym of the raw id (or the raw id if disabled)."""
+    raw = F.trim(F.col("p.user_id"))
+    if not cfg.privacy.pseudonymise:
+        return raw
+    return F.when(rules.blank(raw), F.lit(None).cast("string")).otherwise(pseudonymise_col(raw, resolve_key(cfg)))
 
 
 def check_landing(cfg: Config) -> Path:
@@ -104,6 +116,7 @@ def ingest(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """
     landing = check_landing(cfg)
     now = F.lit(dt.datetime.now(dt.timezone.utc).replace(microsecond=0)).cast("timestamp")
+    user_id = user_id_expr(cfg)
     report: dict[str, Any] = {"landing": str(landing), "started_at": dt.datetime.now(dt.timezone.utc).isoformat()}
     quarantine: list[DataFrame] = []
 
@@ -127,7 +140,7 @@ def ingest(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     )
     write_table(catalog, cfg, "catalog")
     report["catalog"] = _counts(cat, "duplicate_item_id")
-    quarantine.append(_quarantine_rows(cat, "catalog", now))
+    quarantine.append(_quarantine_rows(cat, "catalog", now, F.lit(None).cast("string")))
 
     # --- users (optional) -----------------------------------------------------------------
     if (landing / "users").is_dir():
@@ -139,7 +152,7 @@ def ingest(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             ["source_file", "raw"],
         ).persist()
         users = usr.where(F.col("rule").isNull()).select(
-            F.trim("p.user_id").alias("user_id"),
+            user_id.alias("user_id"),
             F.col("p.age").try_cast("int").alias("age"),
             F.col("p.gender").alias("gender"),
             F.col("p.location").alias("location"),
@@ -147,7 +160,7 @@ def ingest(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         )
         write_table(users, cfg, "users")
         report["users"] = _counts(usr, "duplicate_user_id")
-        quarantine.append(_quarantine_rows(usr, "users", now))
+        quarantine.append(_quarantine_rows(usr, "users", now, user_id))
 
     # --- events ---------------------------------------------------------------------------
     known_items = spark.read.format("delta").load(cfg.table_path("catalog")).select(
@@ -164,7 +177,7 @@ def ingest(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         F.trim("p.event_id").alias("event_id"),
         ts.alias("ts"),
         F.to_date(ts).alias("event_date"),
-        F.trim("p.user_id").alias("user_id"),
+        user_id.alias("user_id"),
         F.col("p.session_id").alias("session_id"),
         F.col("p.event_type").alias("event_type"),
         F.trim("p.item_id").alias("item_id"),
@@ -176,7 +189,7 @@ def ingest(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     )
     write_table(events, cfg, "events", partition_by=["event_date"])
     report["events"] = _counts(ev, "duplicate_event_id")
-    quarantine.append(_quarantine_rows(ev, "events", now))
+    quarantine.append(_quarantine_rows(ev, "events", now, user_id))
 
     q = quarantine[0]
     for other in quarantine[1:]:

@@ -61,9 +61,12 @@ RECS_SCHEMA = T.StructType(
 )
 
 
-def recommend_partition(model_uri: str, tracking_uri: str, top_k: int, batch_size: int):
+def recommend_partition(model_uri: str, tracking_uri: str, top_k: int, batch_size: int, exclude: str = "purchased"):
     """The mapInPandas function: user rows (user_id, seq_item_idx, seq_type_idx,
-    purchased_item_idx) → top-K rows with the history item that best explains each."""
+    purchased_item_idx) → top-K rows with the history item that best explains each.
+
+    ``exclude``: "purchased" masks the items the user bought; "interacted" masks every item
+    in the user's history (viewed, clicked, carted or bought)."""
 
     def fn(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
@@ -81,14 +84,17 @@ def recommend_partition(model_uri: str, tracking_uri: str, top_k: int, batch_siz
                     h = model.encode(items, types, vectors)[:, -1]
                     scores = h @ vectors.T  # (B, N+1)
                     scores[:, 0] = float("-inf")
-                    for i, bought in enumerate(part["purchased_item_idx"].tolist()):
-                        if bought is not None and len(bought):
-                            scores[i, torch.as_tensor(list(bought), dtype=torch.long)] = float("-inf")
+                    excluded = part["purchased_item_idx"] if exclude == "purchased" else part["seq_item_idx"]
+                    for i, seen in enumerate(excluded.tolist()):
+                        if seen is not None and len(seen):
+                            scores[i, torch.as_tensor(list(seen), dtype=torch.long)] = float("-inf")
                     k = min(top_k, scores.shape[1] - 1)
                     top_scores, top_items = scores.topk(k, dim=1)  # (B, k)
                     # Explanation: the history item most similar (cosine of item vectors) to each pick.
                     sim = unit[top_items] @ unit[items].transpose(1, 2)  # (B, k, L)
                     sim = sim.masked_fill((items == 0)[:, None, :], float("-inf"))
+                    # An item is no explanation of itself, unless it is all the history there is.
+                    sim = sim.masked_fill(items[:, None, :] == top_items[:, :, None], -2.0)
                     reason = items.gather(1, sim.argmax(dim=2))  # (B, k)
                     B = len(part)
                     yield pd.DataFrame({
@@ -118,7 +124,9 @@ def recommend(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     )
     items = read_table(spark, cfg, "item_profiles").select("item_idx", "item_id")
     recs = users.mapInPandas(
-        recommend_partition(model_uri, cfg.tracking_uri, cfg.scoring.top_k, cfg.scoring.batch_size), RECS_SCHEMA
+        recommend_partition(model_uri, cfg.tracking_uri, cfg.scoring.top_k, cfg.scoring.batch_size,
+                            cfg.scoring.exclude.value),
+        RECS_SCHEMA,
     )
     out = (
         recs.join(F.broadcast(items), "item_idx")

@@ -14,6 +14,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from recsys.demo import demo
+from recsys.forget import USER_COLUMNS, forget_user
+from recsys.privacy import pseudonymise, resolve_key
 from recsys.scoring.batch import recommend
 from recsys.tables import read_table
 
@@ -56,7 +58,7 @@ def test_demo_end_to_end(spark, tmp_path):
     assert [h.step for h in hist] == [1, 2]
     assert "test_model_ndcg_at_10" in run.data.metrics  # evaluation logged to the training run
     mv = client.get_model_version_by_alias(cfg.tracking.model_name, cfg.tracking.alias)
-    assert mv.version == "1" and mv.run_id == run.info.run_id
+    assert str(mv.version) == "1" and mv.run_id == run.info.run_id
 
     # recommendations: top-K per user, ranks 1..K, no purchased item, reasons from the history
     recs = read_table(spark, cfg, "recommendations")
@@ -77,6 +79,21 @@ def test_demo_end_to_end(spark, tmp_path):
     before = recs.count()
     recommend(spark, cfg)
     assert read_table(spark, cfg, "recommendations").count() == before
+
+    # raw user ids never reach the tables; forget-user erases one user from every table
+    raw_ids = [json.loads(l)["user_id"] for l in (cfg.lakehouse.landing_path / "users" / "users.jsonl").open()]
+    assert profiles.where(F.col("user_id").isin(raw_ids[:50])).count() == 0
+    victim = raw_ids[0]
+    pid = pseudonymise(victim, resolve_key(cfg))
+    assert read_table(spark, cfg, "events").where(F.col("user_id") == pid).count() > 0
+    report = forget_user(spark, cfg, victim)
+    assert report["deleted"]["events"] > 0 and report["deleted"]["recommendations"] == cfg.scoring.top_k
+    for name, col in USER_COLUMNS.items():
+        assert read_table(spark, cfg, name).where(F.col(col) == pid).count() == 0, name
+    assert read_table(spark, cfg, "quarantine").where(F.col("raw").contains(f'"{victim}"')).count() == 0
+    audit = spark.read.format("delta").load(str(cfg.lakehouse.root_path / "audit" / "forget_audit")).collect()
+    assert [a["user_key"] for a in audit] == [pid]
+    assert victim not in json.dumps([a.asDict() for a in audit], default=str)
 
 
 def test_notebook_runs_as_plain_python(spark, tmp_path, monkeypatch):

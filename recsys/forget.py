@@ -1,0 +1,76 @@
+"""``recsys forget-user``: erase one user from every table, and record that it was done.
+
+The raw id is pseudonymised with the same key as at ingestion, then every row of that
+pseudonym is deleted from bronze (``events``, ``users``, ``quarantine`` by ``user_key``),
+gold (``user_profiles``, ``training_examples``, ``recommendations``) and, for quarantine rows
+whose raw text could not be parsed into a user id, rows whose raw text holds the raw id.
+The deletion is recorded in the ``forget_audit`` table with the pseudonym only.
+
+Delta keeps the deleted rows in older files for time travel until they are vacuumed: to
+purge them physically run, after the retention period (or with a shorter one),
+``VACUUM delta.`<table path>` RETAIN 0 HOURS`` with
+``spark.databricks.delta.retentionDurationCheck.enabled=false``, or set
+``privacy.vacuum_after_forget=true`` to have this job do it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from recsys.config import Config
+from recsys.ingest.pipeline import write_report
+from recsys.privacy import pseudonymise, resolve_key
+from recsys.tables import table_exists
+
+# table → the column holding the pseudonymous user id
+USER_COLUMNS = {
+    "events": "user_id",
+    "users": "user_id",
+    "quarantine": "user_key",
+    "user_profiles": "user_id",
+    "training_examples": "user_id",
+    "recommendations": "user_id",
+}
+
+
+def forget_user(spark: SparkSession, cfg: Config, raw_user_id: str) -> dict[str, Any]:
+    """Delete ``raw_user_id`` everywhere; returns rows deleted per table.
+
+    Raises:
+        ValueError: the id is empty.
+    """
+    from delta.tables import DeltaTable
+
+    if not raw_user_id or not raw_user_id.strip():
+        raise ValueError("forget-user needs a non-empty user id: recsys forget-user privacy.user=<id>")
+    raw_user_id = raw_user_id.strip()
+    key = resolve_key(cfg)
+    pid = pseudonymise(raw_user_id, key) if cfg.privacy.pseudonymise else raw_user_id
+    deleted: dict[str, int] = {}
+    for name, col in USER_COLUMNS.items():
+        if not table_exists(cfg, name):
+            continue
+        table = DeltaTable.forPath(spark, cfg.table_path(name))
+        cond = F.col(col) == F.lit(pid)
+        if name == "quarantine":
+            # unparseable lines have no user_key: find the raw id as a JSON string value
+            cond = cond | F.col("raw").contains(f'"{raw_user_id}"')
+        before = table.toDF().count()
+        table.delete(cond)
+        deleted[name] = before - table.toDF().count()
+        if cfg.privacy.vacuum_after_forget:
+            spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+            table.vacuum(0)
+    audit = spark.createDataFrame(
+        [(pid, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), sum(deleted.values()),
+          ",".join(f"{k}={v}" for k, v in deleted.items()))],
+        "user_key string, forgotten_at timestamp, rows_deleted long, detail string",
+    )
+    audit.write.format("delta").mode("append").save(str(cfg.lakehouse.root_path / "audit" / "forget_audit"))
+    report = {"user_key": pid, "deleted": deleted, "vacuumed": cfg.privacy.vacuum_after_forget}
+    write_report(cfg, "forget-user", report)
+    return report
