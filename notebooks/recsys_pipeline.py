@@ -68,7 +68,7 @@ if generate:
 
 from recsys.ingest.pipeline import ingest
 
-ingest_report = ingest(spark, cfg)
+ingest_report = ingest(spark, cfg, full=generate)  # freshly generated files replace what was there
 print(json.dumps({k: ingest_report[k] for k in ("events", "catalog")}, indent=2))
 
 # COMMAND ----------
@@ -81,6 +81,18 @@ print(json.dumps({k: ingest_report[k] for k in ("events", "catalog")}, indent=2)
 from recsys.features.profiles import build_profiles
 
 print(build_profiles(spark, cfg))
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## 3b. Item text embeddings (pretrained sentence encoder, pandas UDF; only new or changed items)
+
+# COMMAND ----------
+
+if cfg.features.text_embeddings:
+    from recsys.features.text import build_item_text_embeddings
+
+    print(build_item_text_embeddings(spark, cfg))
 
 # COMMAND ----------
 

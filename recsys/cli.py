@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from recsys.config import Config, ConfigError, load_config
 
-STAGES = ("generate", "import", "ingest", "build-profiles", "train", "evaluate", "recommend", "forget-user", "demo")
+STAGES = ("generate", "import", "ingest", "build-profiles", "embed-text", "train", "evaluate", "recommend", "forget-user", "demo")
 
 
 def _quiet() -> None:
@@ -46,7 +46,7 @@ def run_ingest(cfg: Config) -> dict[str, Any]:
     from recsys.spark import get_spark
 
     check_landing(cfg)  # a missing folder is reported before Spark starts
-    return ingest(get_spark(cfg), cfg)
+    return ingest(get_spark(cfg), cfg, full=cfg.ingest.full_refresh)
 
 
 def run_build_profiles(cfg: Config) -> dict[str, Any]:
@@ -54,6 +54,13 @@ def run_build_profiles(cfg: Config) -> dict[str, Any]:
     from recsys.spark import get_spark
 
     return build_profiles(get_spark(cfg), cfg)
+
+
+def run_embed_text(cfg: Config) -> dict[str, Any]:
+    from recsys.features.text import build_item_text_embeddings
+    from recsys.spark import get_spark
+
+    return build_item_text_embeddings(get_spark(cfg), cfg)
 
 
 def run_train(cfg: Config) -> dict[str, Any]:
@@ -107,6 +114,7 @@ RUNNERS: dict[str, Callable[[Config], dict[str, Any]]] = {
     "generate": run_generate,
     "ingest": run_ingest,
     "build-profiles": run_build_profiles,
+    "embed-text": run_embed_text,
     "train": run_train,
     "evaluate": run_evaluate,
     "recommend": run_recommend,

@@ -91,6 +91,11 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    full_refresh: bool = False  # true: forget what was ingested and read every landing file again
+
+
+@dataclass(frozen=True)
 class FeaturesConfig:
     max_seq_len: int = 50
     min_interactions: int = 3  # users with fewer distinct interactions cannot be split train/valid/test
@@ -115,6 +120,7 @@ class ModelConfig:
     heads: int = 1
     dropout: float = 0.2
     side_features: bool = True
+    text_features: bool = True  # add the projected item text embedding when item_text_embeddings exists
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:
@@ -212,6 +218,7 @@ class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

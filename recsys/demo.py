@@ -14,12 +14,12 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from recsys.config import Config
-from recsys.tables import read_table
+from recsys.tables import read_table, table_exists
 
 log = logging.getLogger(__name__)
 
 TABLES = ("events", "catalog", "users", "quarantine", "user_profiles", "item_profiles", "training_examples",
-          "recommendations")
+          "item_text_embeddings", "recommendations")
 
 
 def demo(spark: SparkSession, cfg: Config, sample_users: int = 2) -> dict[str, Any]:
@@ -44,8 +44,12 @@ def demo(spark: SparkSession, cfg: Config, sample_users: int = 2) -> dict[str, A
     g = cfg.generator
     gen = stage("generate", lambda: generate_shop(cfg.lakehouse.landing_path, users=g.users, items=g.items,
                                                   days=g.days, seed=g.seed, malformed_rate=g.malformed_rate))
-    ing = stage("ingest", ingest, spark, cfg)
+    ing = stage("ingest", lambda: ingest(spark, cfg, full=True))
     stage("build_profiles", build_profiles, spark, cfg)
+    if cfg.features.text_embeddings:
+        from recsys.features.text import build_item_text_embeddings
+
+        stage("embed_text", build_item_text_embeddings, spark, cfg)
     tr = stage("train", train, spark, cfg)
     ev = stage("evaluate", evaluate, spark, cfg)
     rec = stage("recommend", recommend, spark, cfg)
@@ -64,7 +68,7 @@ def demo(spark: SparkSession, cfg: Config, sample_users: int = 2) -> dict[str, A
 
 def summarise(spark: SparkSession, cfg: Config, *, ingest_report: dict, train_report: dict, eval_report: dict,
               rec_report: dict, sample_users: int = 2) -> dict[str, Any]:
-    tables = {name: {"rows": read_table(spark, cfg, name).count()} for name in TABLES}
+    tables = {name: {"rows": read_table(spark, cfg, name).count()} for name in TABLES if table_exists(cfg, name)}
     for source in ("events", "catalog", "users"):
         if source in ingest_report:
             tables[source]["quarantined"] = ingest_report[source]["quarantined"]

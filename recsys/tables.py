@@ -91,5 +91,6 @@ WRITTEN_BY = {
     "user_profiles": "recsys build-profiles",
     "item_profiles": "recsys build-profiles",
     "training_examples": "recsys build-profiles",
+    "item_text_embeddings": "recsys embed-text",
     "recommendations": "recsys recommend",
 }

@@ -2,13 +2,15 @@
 
 For each test row (a user's last step as target, everything before as input) every item of
 the catalogue is scored, the items already in the user's history are masked, and the
-target's rank gives HR@K, NDCG@K and MRR (see :mod:`recsys.evaluation.metrics`).
+target's rank gives HR@K, NDCG@K and MRR (see :mod:`recsys.evaluation.metrics`). The model
+and every baseline (:mod:`recsys.evaluation.baselines`) go through the same ranking code in
+the same pass, so their figures compare like with like. The validation split works alike.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,6 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys.config import Config
+from recsys.evaluation.baselines import Scorer, fit_baselines, popularity_counts  # noqa: F401 (re-exported)
 from recsys.ingest.pipeline import write_report
 from recsys.scoring.batch import load_model_cached, pad_left
 from recsys.tables import read_table
@@ -27,82 +30,109 @@ log = logging.getLogger(__name__)
 RANKS_SCHEMA = T.StructType(
     [T.StructField("user_id", T.StringType()), T.StructField("scorer", T.StringType()), T.StructField("rank", T.LongType())]
 )
+SPLITS = ("validation", "test")
 
 
-def popularity_counts(examples: DataFrame, num_items: int) -> np.ndarray:
-    """(N+1,) number of users with each item in their *training* steps (no validation/test leak).
+class ModelScorer(Scorer):
+    """The registered transformer: the last position's hidden state · every item vector."""
 
-    The validation row's history is exactly the training steps plus nothing else, so it is
-    the leak-free source.
+    name = "model"
+
+    def __init__(self, model_uri: str, tracking_uri: str) -> None:
+        self.model_uri = model_uri
+        self.tracking_uri = tracking_uri
+        self._vectors = None  # (N+1, d) item vectors, computed once per task in the worker
+
+    def __getstate__(self) -> dict:
+        return {"model_uri": self.model_uri, "tracking_uri": self.tracking_uri, "_vectors": None}
+
+    def scores(self, part: pd.DataFrame):
+        import torch
+
+        model = load_model_cached(self.model_uri, self.tracking_uri)
+        if self._vectors is None:
+            self._vectors = model.item_vectors()
+        L = model.spec.max_len
+        items = torch.from_numpy(pad_left([list(x) for x in part["input_items"]], L))
+        types = torch.from_numpy(pad_left([list(x) for x in part["input_types"]], L))
+        h = model.encode(items, types, self._vectors)[:, -1]  # (B, d)
+        return h @ self._vectors.T
+
+
+def rank_partition(scorers: Sequence[Scorer], num_columns: int, batch_size: int):
+    """mapInPandas: evaluation rows → (user_id, scorer, rank) for every scorer.
+
+    One protocol for all: each scorer rates the full catalogue (``num_columns`` = N+1 with
+    column 0 as padding), the row's ``history_items`` are masked, and the target's rank counts
+    ties against it (:func:`recsys.evaluation.metrics.target_ranks`).
     """
-    rows = (
-        examples.where(F.col("split") == "validation")
-        .select(F.explode("history_items").alias("item_idx"))
-        .groupBy("item_idx")
-        .count()
-        .collect()
-    )
-    counts = np.zeros(num_items + 1, dtype=np.float64)
-    for r in rows:
-        if 0 < r["item_idx"] <= num_items:
-            counts[r["item_idx"]] = r["count"]
-    return counts
-
-
-def rank_partition(model_uri: str | None, tracking_uri: str, popularity: np.ndarray, batch_size: int):
-    """mapInPandas: test rows → (user_id, scorer, rank) for the model and for popularity."""
 
     def fn(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
 
         from recsys.evaluation.metrics import history_mask, target_ranks
 
-        model = load_model_cached(model_uri, tracking_uri) if model_uri else None
-        pop = torch.from_numpy(popularity)
         with torch.no_grad():
-            vectors = model.item_vectors() if model is not None else None
             for pdf in frames:
                 for start in range(0, len(pdf), batch_size):
                     part = pdf.iloc[start:start + batch_size]
                     targets = torch.as_tensor(part["target"].to_numpy(), dtype=torch.long)
-                    mask = history_mask(part["history_items"].tolist(), len(popularity))
-                    out = []
-                    pop_ranks = target_ranks(pop.expand(len(part), -1), targets, mask)
-                    out.append(("popularity", pop_ranks))
-                    if model is not None:
-                        L = model.spec.max_len
-                        items = torch.from_numpy(pad_left([list(x) for x in part["input_items"]], L))
-                        types = torch.from_numpy(pad_left([list(x) for x in part["input_types"]], L))
-                        h = model.encode(items, types, vectors)[:, -1]
-                        out.append(("model", target_ranks(h @ vectors.T, targets, mask)))
-                    for name, ranks in out:
-                        yield pd.DataFrame({"user_id": part["user_id"].to_numpy(), "scorer": name,
+                    mask = history_mask(part["history_items"].tolist(), num_columns)
+                    users = part["user_id"].to_numpy()
+                    for scorer in scorers:
+                        scores = torch.as_tensor(scorer.scores(part))
+                        if scores.shape != mask.shape:
+                            raise ValueError(f"scorer {scorer.name} returned {tuple(scores.shape)} scores, "
+                                             f"expected {tuple(mask.shape)}: is item_profiles out of date?")
+                        ranks = target_ranks(scores, targets, mask)
+                        yield pd.DataFrame({"user_id": users, "scorer": scorer.name,
                                             "rank": ranks.numpy().astype(np.int64)})
 
     return fn
 
 
 def evaluate(spark: SparkSession, cfg: Config, *, split: str = "test", with_model: bool = True) -> dict[str, Any]:
-    """HR@K / NDCG@K / MRR of the registered model and the most-popular baseline.
+    """HR@K / NDCG@K / MRR of the registered model and of ``cfg.evaluation.baselines`` on ``split``.
 
-    Logs the figures to a new MLflow run (tagged with the model version) and to a report.
+    All scorers rank the full catalogue of the same rows with the same mask, in one pass. The
+    baselines are fitted on training steps only (:mod:`recsys.evaluation.baselines`).
+    ``report["metrics"]`` maps each scorer ("model", "popularity", "cooccurrence", "als") to
+    its :func:`~recsys.evaluation.metrics.metrics_from_ranks` figures. They are logged to the
+    MLflow run that trained the model, or without a model (``with_model=False``) to a new run
+    of their own, and written as a report.
+
+    Raises:
+        ValueError: ``split`` is not validation/test, there is nothing to evaluate, or the
+            split has no rows.
+        LookupError: ``with_model`` and no model is registered.
     """
     import mlflow
 
     from recsys.evaluation.metrics import metrics_from_ranks
     from recsys.tracking import setup_from_config
 
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    baselines = list(dict.fromkeys(b.value for b in cfg.evaluation.baselines))
+    if not with_model and not baselines:
+        raise ValueError("nothing to evaluate: with_model=False and evaluation.baselines is empty")
     examples = read_table(spark, cfg, "training_examples")
     num_items = read_table(spark, cfg, "item_profiles").agg(F.max("item_idx")).first()[0]
-    pop = popularity_counts(examples, num_items)
+    if not num_items:
+        raise ValueError("item_profiles is empty: run `recsys build-profiles` first")
     model_uri, version = resolve_model_uri(cfg) if with_model else (None, None)
+    scorers: list[Scorer] = [ModelScorer(model_uri, cfg.tracking_uri)] if model_uri else []
+    scorers += fit_baselines(spark, examples, num_items, baselines, cfg.evaluation, cfg.train.seed)
     rows = examples.where(F.col("split") == split).select("user_id", "input_items", "input_types", "target", "history_items")
+    for scorer in scorers:
+        rows = scorer.attach(rows)
     ranks = rows.mapInPandas(
-        rank_partition(model_uri, cfg.tracking_uri, pop, cfg.evaluation.batch_size), RANKS_SCHEMA
+        rank_partition(scorers, num_items + 1, cfg.evaluation.batch_size), RANKS_SCHEMA
     ).toPandas()
     if ranks.empty:
         raise ValueError(f"training_examples has no '{split}' rows to evaluate")
-    metrics = {name: metrics_from_ranks(g["rank"].to_numpy(), cfg.evaluation.ks) for name, g in ranks.groupby("scorer")}
+    by_scorer = dict(tuple(ranks.groupby("scorer")))
+    metrics = {s.name: metrics_from_ranks(by_scorer[s.name]["rank"].to_numpy(), cfg.evaluation.ks) for s in scorers}
     report: dict[str, Any] = {"split": split, "model_uri": model_uri, "model_version": version, "metrics": metrics}
     experiment_id = setup_from_config(cfg)
     # The figures go to the training run that produced the model (else to a run of their own).

@@ -24,7 +24,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -141,8 +141,15 @@ def read_parquet_rows(spark: SparkSession, files: list[LandingFile], schema: T.S
     for f in files:  # one read per file: schemas may differ between deliveries
         df = spark.read.parquet(f.uri)
         have = set(df.columns)
-        p = F.struct(*[(F.col(fld.name).cast("string") if fld.name in have else F.lit(None).cast("string")).alias(fld.name)
-                       for fld in schema.fields])
+        floats = {f.name for f in df.schema.fields if isinstance(f.dataType, (T.FloatType, T.DoubleType))}
+
+        def text(name: str) -> Column:
+            if name not in have:
+                return F.lit(None).cast("string")
+            c = F.col(name)
+            return F.when(F.isnan(c), F.lit(None)).otherwise(c.cast("string")) if name in floats else c.cast("string")
+
+        p = F.struct(*[text(fld.name).alias(fld.name) for fld in schema.fields])
         frames.append(df.select(
             F.to_json(F.struct(*[F.col(c) for c in df.columns])).alias("raw"),
             F.col("_metadata.file_path").alias("source_file"),

@@ -1,17 +1,25 @@
 """Raw landing files → bronze Delta tables ``events``, ``catalog``, ``users``, ``quarantine``.
 
-Each raw line is read as text (so nothing is lost), parsed against a fixed schema, checked
-against the rules in :mod:`recsys.ingest.rules`, and lands either in its bronze table or in
-``quarantine`` with the rule it broke, its source file and its raw text. Duplicate ids are
-dropped from the bronze table and kept in ``quarantine`` under ``duplicate_event_id`` /
-``duplicate_item_id`` / ``duplicate_user_id``; the report counts them as duplicates, so
-``read = accepted + quarantined + duplicates`` holds for every source.
+Incremental and exactly-once: a Delta manifest (``<root>/_ingest_log``) records every file
+(path, size, modification time) a run has committed; the next run reads only files not in
+it. All bronze writes are idempotent MERGEs (events insert-only by ``event_id``, catalog and
+users upserted by id, quarantine insert-only by row identity), and the manifest is written
+last, so a run killed midway and rerun leaves every table exactly as one clean run would.
+
+Each row is read as text (so nothing is lost), parsed against a fixed schema (never
+inferred), checked against :mod:`recsys.ingest.rules`, and lands either in its bronze table
+or in ``quarantine`` with the rule it broke, its source file and its raw text. A repeated id
+(within a run, or an event already in bronze from an earlier run) is dropped from bronze and
+kept in quarantine as ``duplicate_*``; the report counts those as duplicates, so
+``read = accepted + quarantined + duplicates`` for every source.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,77 +28,39 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys.config import Config
+from recsys.ingest import files as landing_files
 from recsys.ingest import rules
 from recsys.privacy import pseudonymise_col, resolve_key
-from recsys.tables import RAW_CATALOG_SCHEMA, RAW_EVENT_SCHEMA, RAW_USER_SCHEMA, write_table
+from recsys.tables import EVENT_TYPES, RAW_CATALOG_SCHEMA, RAW_EVENT_SCHEMA, RAW_USER_SCHEMA
 
 SOURCES = ("catalog", "users", "events")
+RAW_SCHEMAS = {"catalog": RAW_CATALOG_SCHEMA, "users": RAW_USER_SCHEMA, "events": RAW_EVENT_SCHEMA}
+DUP_RULE = {"catalog": "duplicate_item_id", "users": "duplicate_user_id", "events": "duplicate_event_id"}
+KEY = {"catalog": "item_id", "users": "user_id", "events": "event_id"}
 
+EVENTS_DDL = (
+    "event_id STRING NOT NULL, ts TIMESTAMP NOT NULL, event_date DATE NOT NULL, user_id STRING NOT NULL, "
+    "session_id STRING, event_type STRING NOT NULL, item_id STRING, query STRING, price DOUBLE, quantity INT, "
+    "source_file STRING, ingested_at TIMESTAMP"
+)
+CATALOG_DDL = (
+    "item_id STRING NOT NULL, title STRING, description STRING, category STRING, brand STRING, price DOUBLE, "
+    "in_stock BOOLEAN, ingested_at TIMESTAMP"
+)
+USERS_DDL = "user_id STRING NOT NULL, age INT, gender STRING, location STRING, ingested_at TIMESTAMP"
+QUARANTINE_DDL = (
+    "source STRING NOT NULL, source_file STRING, rule STRING NOT NULL, raw STRING, user_key STRING, "
+    "row_key STRING NOT NULL, run_id STRING, ingested_at TIMESTAMP"
+)
+MANIFEST_DDL = "path STRING, size BIGINT, mtime_ns BIGINT, source STRING, run_id STRING, ingested_at TIMESTAMP"
 
-def _read_raw(spark: SparkSession, folder: Path, schema: T.StructType) -> DataFrame:
-    """Every non-blank line of every file under ``folder`` (plain or .gz), parsed against ``schema``."""
-    df = (
-        spark.read.option("recursiveFileLookup", "true")
-        .text(str(folder))
-        .select(F.col("value").alias("raw"), F.col("_metadata.file_path").alias("source_file"))
-        .where(F.trim(F.col("raw")) != "")
-    )
-    return df.select(
-        "raw",
-        "source_file",
-        F.expr("try_parse_json(raw)").alias("_json"),
-        F.from_json("raw", schema).alias("p"),
-    )
-
-
-def _classify(df: DataFrame, rule_list: list, key: str, dup_rule: str, order_by: list[str]) -> DataFrame:
-    """Add ``rule``: the first broken rule, or the duplicate rule for a repeated ``key``."""
-    df = df.withColumn("rule", rules.first_broken(rule_list))
-    w = Window.partitionBy(F.col(f"p.{key}")).orderBy(*order_by)
-    return df.withColumn(
-        "rule",
-        F.when(F.col("rule").isNotNull(), F.col("rule"))
-        .when(F.row_number().over(w) > 1, F.lit(dup_rule)),
-    )
-
-
-def _quarantine_rows(df: DataFrame, source: str, now: Column, user_key: Column) -> DataFrame:
-    """Rejected rows; ``user_key`` (the pseudonymous user id, when the row has one) lets
-    ``forget-user`` find them."""
-    return df.where(F.col("rule").isNotNull()).select(
-        F.lit(source).alias("source"),
-        "source_file",
-        "rule",
-        "raw",
-        user_key.alias("user_key"),
-        now.alias("ingested_at"),
-    )
-
-
-def _counts(df: DataFrame, dup_rule: str) -> dict[str, Any]:
-    rows = df.groupBy("rule").count().collect()
-    by_rule = {r["rule"]: r["count"] for r in rows if r["rule"] is not None}
-    accepted = sum(r["count"] for r in rows if r["rule"] is None)
-    duplicates = by_rule.pop(dup_rule, 0)
-    quarantined = sum(by_rule.values())
-    read = df.count()  # counted on its own, so the reconciliation below can fail
-    files = df.select("source_file").distinct().count()
-    return {
-        "files": files,
-        "read": read,
-        "accepted": accepted,
-        "quarantined": quarantined,
-        "duplicates": duplicates,
-        "quarantined_by_rule": dict(sorted(by_rule.items())),
-    }
-
-
-def user_id_expr(cfg: Config) -> Column:
-    """The stored user id: HMAC-SHA256 pseudonym of the raw id (or the raw id if disabled)."""
-    raw = F.trim(F.col("p.user_id"))
-    if not cfg.privacy.pseudonymise:
-        return raw
-    return F.when(rules.blank(raw), F.lit(None).cast("string")).otherwise(pseudonymise_col(raw, resolve_key(cfg)))
+# Absolute rules become table constraints: no writer, not even a buggy one, can break them.
+EVENT_CONSTRAINTS = {
+    "valid_event_type": "event_type IN ({})".format(", ".join(f"'{t}'" for t in EVENT_TYPES)),
+    "non_negative_price": "price IS NULL OR price >= 0",
+    "sane_quantity": f"quantity IS NULL OR (quantity >= 1 AND quantity <= {rules.MAX_QUANTITY})",
+    "item_event_has_item": "event_type = 'search' OR item_id IS NOT NULL",
+}
 
 
 def check_landing(cfg: Config) -> Path:
@@ -108,103 +78,265 @@ def check_landing(cfg: Config) -> Path:
     return landing
 
 
-def ingest(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Validate the landing folder into the bronze tables and return the run report.
+def user_id_expr(cfg: Config) -> Column:
+    """The stored user id: HMAC-SHA256 pseudonym of the raw id (or the raw id if disabled)."""
+    raw = F.trim(F.col("p.user_id"))
+    if not cfg.privacy.pseudonymise:
+        return raw
+    return F.when(rules.blank(raw), F.lit(None).cast("string")).otherwise(pseudonymise_col(raw, resolve_key(cfg)))
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+def _ensure_table(spark: SparkSession, path: str, ddl: str, *, partition_by: str | None = None,
+                  cdf: bool = False, constraints: dict[str, str] | None = None) -> None:
+    """Create the Delta table at ``path`` if absent, with its properties and constraints."""
+    if (Path(path) / "_delta_log").is_dir() if "://" not in path else False:
+        return
+    props = ["'delta.enableChangeDataFeed' = 'true'"] if cdf else []
+    spark.sql(
+        f"CREATE TABLE IF NOT EXISTS delta.`{path}` ({ddl}) USING DELTA"
+        + (f" PARTITIONED BY ({partition_by})" if partition_by else "")
+        + (f" TBLPROPERTIES ({', '.join(props)})" if props else "")
+    )
+    for name, expr in (constraints or {}).items():
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({expr})")
+
+
+def ensure_bronze(spark: SparkSession, cfg: Config) -> None:
+    _ensure_table(spark, cfg.table_path("events"), EVENTS_DDL, partition_by="event_date", cdf=True,
+                  constraints=EVENT_CONSTRAINTS)
+    _ensure_table(spark, cfg.table_path("catalog"), CATALOG_DDL, cdf=True,
+                  constraints={"non_negative_price": "price IS NULL OR price >= 0"})
+    _ensure_table(spark, cfg.table_path("users"), USERS_DDL, cdf=True)
+    _ensure_table(spark, cfg.table_path("quarantine"), QUARANTINE_DDL)
+    _ensure_table(spark, manifest_path(cfg), MANIFEST_DDL)
+
+
+def manifest_path(cfg: Config) -> str:
+    return str(cfg.lakehouse.root_path / "_ingest_log")
+
+
+def reset_bronze(cfg: Config) -> None:
+    """Forget everything ingested (tables and manifest), for a full rebuild."""
+    for name in ("events", "catalog", "users", "quarantine"):
+        shutil.rmtree(cfg.table_path(name), ignore_errors=True)
+    shutil.rmtree(manifest_path(cfg), ignore_errors=True)
+
+
+# --- classification ----------------------------------------------------------------------------
+
+def _classify(df: DataFrame, rule_list: list, source: str, order_by: list[Column]) -> DataFrame:
+    """Add ``rule``: the first broken rule, or the duplicate rule for a repeated key in this batch."""
+    df = df.withColumn("rule", rules.first_broken(rule_list))
+    w = Window.partitionBy(F.trim(F.col(f"p.{KEY[source]}"))).orderBy(*order_by)
+    return df.withColumn(
+        "rule",
+        F.when(F.col("rule").isNotNull(), F.col("rule")).when(F.row_number().over(w) > 1, F.lit(DUP_RULE[source])),
+    )
+
+
+def _counts(df: DataFrame, source: str, files: int) -> dict[str, Any]:
+    rows = df.groupBy("rule").count().collect()
+    by_rule = {r["rule"]: r["count"] for r in rows if r["rule"] is not None}
+    accepted = sum(r["count"] for r in rows if r["rule"] is None)
+    duplicates = by_rule.pop(DUP_RULE[source], 0)
+    read = df.count()  # counted on its own, so the reconciliation below can fail
+    return {
+        "files": files,
+        "read": read,
+        "accepted": accepted,
+        "quarantined": sum(by_rule.values()),
+        "duplicates": duplicates,
+        "quarantined_by_rule": dict(sorted(by_rule.items())),
+    }
+
+
+def _quarantine_rows(df: DataFrame, source: str, now: Column, user_key: Column, run_id: str) -> DataFrame:
+    """Rejected rows. ``row_key`` identifies a row across reruns (file, text, occurrence), so
+    re-processing a file after a crash cannot quarantine a row twice; ``user_key`` (the
+    pseudonymous user id, when the row has one) lets ``forget-user`` find it."""
+    occurrence = F.row_number().over(Window.partitionBy("source_file", "raw", "rule").orderBy(F.lit(1)))
+    return df.where(F.col("rule").isNotNull()).select(
+        F.lit(source).alias("source"),
+        "source_file",
+        "rule",
+        "raw",
+        user_key.alias("user_key"),
+        F.sha2(F.concat_ws("\u0001", F.lit(source), "source_file", "rule", "raw", occurrence.cast("string")), 256).alias("row_key"),
+        F.lit(run_id).alias("run_id"),
+        now.alias("ingested_at"),
+    )
+
+
+def _file_rows(spark: SparkSession, source: str, bad: list[tuple[landing_files.LandingFile, str, str]],
+               now: Column, run_id: str) -> DataFrame:
+    """One quarantine row per unreadable file (empty, truncated gzip)."""
+    data = [(source, Path(f.path).as_uri(), rule, text, None,
+             f"file:{Path(f.path).as_uri()}:{f.size}:{f.mtime_ns}", run_id) for f, rule, text in bad]
+    df = spark.createDataFrame(data, "source string, source_file string, rule string, raw string, user_key string, "
+                                     "row_key string, run_id string")
+    return df.withColumn("ingested_at", now)
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+def new_files(spark: SparkSession, cfg: Config, source: str) -> list[landing_files.LandingFile]:
+    """Files of ``source`` in the landing folder that no committed run has ingested."""
+    folder = cfg.lakehouse.landing_path / source
+    if not folder.is_dir():
+        return []
+    found = landing_files.list_files(folder)
+    done = {
+        (r["path"], r["size"], r["mtime_ns"])
+        for r in spark.read.format("delta").load(manifest_path(cfg)).where(F.col("source") == source).collect()
+    }
+    return [f for f in found if (f.path, f.size, f.mtime_ns) not in done]
+
+
+def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str, Any]:
+    """Ingest the landing files not ingested before (all of them with ``full=True``).
+
+    Returns the run report (also written to ``<root>/_reports/ingest-<timestamp>.json``).
 
     Raises:
         FileNotFoundError: the landing folder or its ``events``/``catalog`` sub-folder is missing.
     """
+    from delta.tables import DeltaTable
+
     landing = check_landing(cfg)
-    now = F.lit(dt.datetime.now(dt.timezone.utc).replace(microsecond=0)).cast("timestamp")
+    if full:
+        reset_bronze(cfg)
+    ensure_bronze(spark, cfg)
+    run_id = uuid.uuid4().hex
+    started = dt.datetime.now(dt.timezone.utc)
+    now = F.lit(started.replace(microsecond=0, tzinfo=None)).cast("timestamp")
     user_id = user_id_expr(cfg)
-    report: dict[str, Any] = {"landing": str(landing), "started_at": dt.datetime.now(dt.timezone.utc).isoformat()}
-    quarantine: list[DataFrame] = []
+    report: dict[str, Any] = {"run_id": run_id, "landing": str(landing), "mode": "full" if full else "incremental",
+                              "started_at": started.isoformat()}
+    manifest_rows: list[tuple] = []
+    quarantine = DeltaTable.forPath(spark, cfg.table_path("quarantine"))
 
-    # --- catalog --------------------------------------------------------------------------
-    cat = _classify(
-        _read_raw(spark, landing / "catalog", RAW_CATALOG_SCHEMA),
-        rules.catalog_rules(),
-        "item_id",
-        "duplicate_item_id",
-        ["source_file", "raw"],
-    ).persist()
-    catalog = cat.where(F.col("rule").isNull()).select(
-        F.trim("p.item_id").alias("item_id"),
-        F.col("p.title").alias("title"),
-        F.coalesce(F.col("p.description"), F.lit("")).alias("description"),
-        F.coalesce(F.col("p.category"), F.lit("unknown")).alias("category"),
-        F.coalesce(F.col("p.brand"), F.lit("unknown")).alias("brand"),
-        F.col("p.price").try_cast("double").alias("price"),
-        F.coalesce(F.lower(F.col("p.in_stock")).isin("true", "1", "yes"), F.lit(True)).alias("in_stock"),
-        now.alias("ingested_at"),
-    )
-    write_table(catalog, cfg, "catalog")
-    report["catalog"] = _counts(cat, "duplicate_item_id")
-    quarantine.append(_quarantine_rows(cat, "catalog", now, F.lit(None).cast("string")))
-
-    # --- users (optional) -----------------------------------------------------------------
-    if (landing / "users").is_dir():
-        usr = _classify(
-            _read_raw(spark, landing / "users", RAW_USER_SCHEMA),
-            rules.user_rules(),
-            "user_id",
-            "duplicate_user_id",
-            ["source_file", "raw"],
-        ).persist()
-        users = usr.where(F.col("rule").isNull()).select(
-            user_id.alias("user_id"),
-            F.col("p.age").try_cast("int").alias("age"),
-            F.col("p.gender").alias("gender"),
-            F.col("p.location").alias("location"),
-            now.alias("ingested_at"),
-        )
-        write_table(users, cfg, "users")
-        report["users"] = _counts(usr, "duplicate_user_id")
-        quarantine.append(_quarantine_rows(usr, "users", now, user_id))
-
-    # --- events ---------------------------------------------------------------------------
-    known_items = spark.read.format("delta").load(cfg.table_path("catalog")).select(
-        F.col("item_id").alias("_known_item")
-    )
-    raw = _read_raw(spark, landing / "events", RAW_EVENT_SCHEMA)
-    raw = raw.join(F.broadcast(known_items), F.trim(F.col("p.item_id")) == F.col("_known_item"), "left")
-    event_rule_list = rules.event_rules() + [
-        ("unknown_item", (F.col("p.event_type") != "search") & F.col("_known_item").isNull()),
-    ]
-    ev = _classify(raw, event_rule_list, "event_id", "duplicate_event_id", ["source_file", "raw"]).persist()
-    ts = rules.parse_ts(F.col("p.ts"))
-    events = ev.where(F.col("rule").isNull()).select(
-        F.trim("p.event_id").alias("event_id"),
-        ts.alias("ts"),
-        F.to_date(ts).alias("event_date"),
-        user_id.alias("user_id"),
-        F.col("p.session_id").alias("session_id"),
-        F.col("p.event_type").alias("event_type"),
-        F.trim("p.item_id").alias("item_id"),
-        F.col("p.query").alias("query"),
-        F.col("p.price").try_cast("double").alias("price"),
-        F.col("p.quantity").try_cast("int").alias("quantity"),
-        "source_file",
-        now.alias("ingested_at"),
-    )
-    write_table(events, cfg, "events", partition_by=["event_date"])
-    report["events"] = _counts(ev, "duplicate_event_id")
-    quarantine.append(_quarantine_rows(ev, "events", now, user_id))
-
-    q = quarantine[0]
-    for other in quarantine[1:]:
-        q = q.unionByName(other)
-    write_table(q, cfg, "quarantine")
-    for df in (cat, ev):
-        df.unpersist()
-
-    report["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
     for source in SOURCES:
-        if source in report:
-            c = report[source]
-            c["reconciles"] = c["read"] == c["accepted"] + c["quarantined"] + c["duplicates"]
-    write_report(cfg, "ingest", report)
+        files = new_files(spark, cfg, source)
+        bad = [(f, *problem) for f in files if (problem := landing_files.precheck(f)) is not None]
+        good = [f for f in files if f not in {b[0] for b in bad}]
+        counts: dict[str, Any] = {"files": len(files), "read": 0, "accepted": 0, "quarantined": 0, "duplicates": 0,
+                                  "quarantined_by_rule": {}}
+        if bad:
+            q = _file_rows(spark, source, bad, now, run_id)
+            _merge_quarantine(quarantine, q)
+            counts["files_quarantined"] = {}
+            for _, rule, _ in bad:
+                counts["files_quarantined"][rule] = counts["files_quarantined"].get(rule, 0) + 1
+        rows = landing_files.read_rows(spark, good, RAW_SCHEMAS[source]) if good else None
+        if rows is not None:
+            counts = _merge_counts(counts, _ingest_rows(spark, cfg, source, rows, now, user_id, run_id, quarantine))
+        counts["reconciles"] = counts["read"] == counts["accepted"] + counts["quarantined"] + counts["duplicates"]
+        report[source] = counts
+        manifest_rows += [(f.path, f.size, f.mtime_ns, source, run_id) for f in files]
+
+    # The manifest goes last: until it is written, a rerun re-reads these files, and the
+    # MERGEs above make that harmless.
+    if manifest_rows:
+        spark.createDataFrame(manifest_rows, "path string, size long, mtime_ns long, source string, run_id string") \
+            .withColumn("ingested_at", now).write.format("delta").mode("append").save(manifest_path(cfg))
+    report["files_read"] = len(manifest_rows)
+    report["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
+    report["report_path"] = str(write_report(cfg, "ingest", report))
+    print(json.dumps({s: {k: report[s][k] for k in ("files", "read", "accepted", "quarantined", "duplicates")}
+                      for s in SOURCES}, default=str))
     return report
+
+
+def _merge_counts(base: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k in ("read", "accepted", "quarantined", "duplicates"):
+        out[k] = base.get(k, 0) + got[k]
+    out["quarantined_by_rule"] = got["quarantined_by_rule"]
+    return out
+
+
+def _merge_quarantine(quarantine, rows: DataFrame) -> None:
+    (quarantine.alias("t").merge(rows.alias("s"), "t.row_key = s.row_key")
+     .whenNotMatchedInsertAll().execute())
+
+
+def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame, now: Column, user_id: Column,
+                 run_id: str, quarantine) -> dict[str, Any]:
+    from delta.tables import DeltaTable
+
+    if source == "catalog":
+        rule_list = rules.catalog_rules()
+        order = [F.col("source_file"), F.col("raw")]
+    elif source == "users":
+        rule_list = rules.user_rules()
+        order = [F.col("source_file"), F.col("raw")]
+    else:
+        known = spark.read.format("delta").load(cfg.table_path("catalog")).select(F.col("item_id").alias("_known_item"))
+        rows = rows.join(F.broadcast(known), F.trim(F.col("p.item_id")) == F.col("_known_item"), "left")
+        # Pinned to the version before this run's write: the classified rows are recomputed
+        # when Spark evicts them, and must not then see their own inserts as duplicates.
+        version = DeltaTable.forPath(spark, cfg.table_path("events")).history(1).first()["version"]
+        seen = (spark.read.format("delta").option("versionAsOf", version).load(cfg.table_path("events"))
+                .select(F.col("event_id").alias("_seen_id")))
+        rows = rows.join(seen, F.trim(F.col("p.event_id")) == F.col("_seen_id"), "left")
+        rule_list = rules.event_rules() + [
+            ("unknown_item", (F.col("p.event_type") != "search") & F.col("_known_item").isNull()),
+            # delivered again after an earlier run already stored it
+            ("duplicate_event_id", F.col("_seen_id").isNotNull()),
+        ]
+        order = [F.col("source_file"), rules.parse_ts(F.col("p.ts")), F.col("raw")]
+    df = _classify(rows, rule_list, source, order).persist()
+    try:
+        ok = df.where(F.col("rule").isNull())
+        target = DeltaTable.forPath(spark, cfg.table_path(source))
+        if source == "catalog":
+            new = ok.select(
+                F.trim("p.item_id").alias("item_id"),
+                F.col("p.title").alias("title"),
+                F.coalesce(F.col("p.description"), F.lit("")).alias("description"),
+                F.coalesce(F.col("p.category"), F.lit("unknown")).alias("category"),
+                F.coalesce(F.col("p.brand"), F.lit("unknown")).alias("brand"),
+                F.col("p.price").try_cast("double").alias("price"),
+                F.coalesce(F.lower(F.col("p.in_stock")).isin("true", "1", "yes"), F.lit(True)).alias("in_stock"),
+                now.alias("ingested_at"),
+            )
+            target.alias("t").merge(new.alias("s"), "t.item_id = s.item_id") \
+                .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+            qkey = F.lit(None).cast("string")
+        elif source == "users":
+            new = ok.select(user_id.alias("user_id"), F.col("p.age").try_cast("int").alias("age"),
+                            F.col("p.gender").alias("gender"), F.col("p.location").alias("location"),
+                            now.alias("ingested_at"))
+            target.alias("t").merge(new.alias("s"), "t.user_id = s.user_id") \
+                .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+            qkey = user_id
+        else:
+            ts = rules.parse_ts(F.col("p.ts"))
+            new = ok.select(
+                F.trim("p.event_id").alias("event_id"),
+                ts.alias("ts"),
+                F.to_date(ts).alias("event_date"),
+                user_id.alias("user_id"),
+                F.col("p.session_id").alias("session_id"),
+                F.col("p.event_type").alias("event_type"),
+                F.trim("p.item_id").alias("item_id"),
+                F.col("p.query").alias("query"),
+                F.col("p.price").try_cast("double").alias("price"),
+                F.col("p.quantity").try_cast("double").cast("int").alias("quantity"),
+                "source_file",
+                now.alias("ingested_at"),
+            )
+            # Insert-only: an event_id already stored (e.g. by a run that died before its
+            # manifest entry) is never written twice.
+            target.alias("t").merge(new.alias("s"), "t.event_id = s.event_id").whenNotMatchedInsertAll().execute()
+            qkey = user_id
+        _merge_quarantine(quarantine, _quarantine_rows(df, source, now, qkey, run_id))
+        files = len({r[0] for r in df.select("source_file").distinct().collect()})
+        return _counts(df, source, files)
+    finally:
+        df.unpersist()
 
 
 def write_report(cfg: Config, name: str, report: dict[str, Any]) -> Path:

@@ -32,9 +32,15 @@ def parse_ts(c: Column) -> Column:
     )
 
 
-def not_json_object(p: str) -> Column:
-    """The line is not a JSON object (unparseable, or an array / scalar)."""
-    return F.col(p).isNull() | F.col("_json").isNull() | ~F.ltrim(F.col("raw")).startswith("{")
+def format_rules(p: str = "p") -> list[tuple[str, Column]]:
+    """Rules on the row's shape, before any field is looked at."""
+    return [
+        # Spark's text reader keeps the bytes as they are: check them, and catch U+FFFD left
+        # behind by an upstream decoder that already gave up on them.
+        ("bad_encoding", ~F.expr("is_valid_utf8(raw)") | F.col("raw").contains("\ufffd")),
+        ("broken_json", (F.col("_format") == "json") & (~F.col("_parsed") | F.col(p).isNull())),
+        ("wrong_column_count", (F.col("_format") == "csv") & ~F.col("_parsed")),
+    ]
 
 
 def first_broken(rules: list[tuple[str, Column]]) -> Column:
@@ -50,10 +56,10 @@ def event_rules(p: str = "p") -> list[tuple[str, Column]]:
     col = lambda name: F.col(f"{p}.{name}")  # noqa: E731
     item_event = col("event_type") != "search"
     price = col("price").try_cast("double")
-    qty = col("quantity").try_cast("int")
+    qty = col("quantity").try_cast("double")  # "2", "2.0" (Parquet doubles) are both 2
     ts = parse_ts(col("ts"))
     return [
-        ("broken_json", not_json_object(p)),
+        *format_rules(p),
         ("missing_event_id", blank(col("event_id"))),
         ("missing_user_id", blank(col("user_id"))),
         ("unknown_event_type", blank(col("event_type")) | ~col("event_type").isin(*EVENT_TYPES)),
@@ -62,7 +68,8 @@ def event_rules(p: str = "p") -> list[tuple[str, Column]]:
         ("future_timestamp", ts > F.current_timestamp() + F.expr(f"INTERVAL {FUTURE_TOLERANCE_HOURS} HOURS")),
         ("bad_price", col("price").isNotNull() & price.isNull()),
         ("negative_price", price < 0),
-        ("bad_quantity", col("quantity").isNotNull() & (qty.isNull() | (qty < 1) | (qty > MAX_QUANTITY))),
+        ("bad_quantity", col("quantity").isNotNull()
+         & (qty.isNull() | (qty < 1) | (qty > MAX_QUANTITY) | (qty != F.floor(qty)))),
     ]
 
 
@@ -70,7 +77,7 @@ def catalog_rules(p: str = "p") -> list[tuple[str, Column]]:
     col = lambda name: F.col(f"{p}.{name}")  # noqa: E731
     price = col("price").try_cast("double")
     return [
-        ("broken_json", not_json_object(p)),
+        *format_rules(p),
         ("missing_item_id", blank(col("item_id"))),
         ("missing_title", blank(col("title"))),
         ("bad_price", col("price").isNotNull() & price.isNull()),
@@ -82,7 +89,7 @@ def user_rules(p: str = "p") -> list[tuple[str, Column]]:
     col = lambda name: F.col(f"{p}.{name}")  # noqa: E731
     age = col("age").try_cast("int")
     return [
-        ("broken_json", not_json_object(p)),
+        *format_rules(p),
         ("missing_user_id", blank(col("user_id"))),
         ("bad_age", col("age").isNotNull() & (age.isNull() | (age < 0) | (age > 120))),
     ]

@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 
 from recsys.config import Config
 from recsys.ingest.pipeline import write_report
-from recsys.tables import read_table
+from recsys.tables import read_table, table_exists
 from recsys.training.data import materialise
 from recsys.training.loop import TrainJob, train_worker
 
@@ -37,6 +37,25 @@ def item_feature_tables(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "num_brands": int(items["brand_idx"].max()),
         "num_price_buckets": int(items["price_bucket"].max()),
     }
+
+
+def item_text_matrix(spark: SparkSession, cfg: Config, num_items: int) -> list[list[float]] | None:
+    """(N+1, dim) text vectors indexed by item_idx (zeros where an item has none), or None
+    when ``model.text_features`` is off or ``item_text_embeddings`` was not built."""
+    if not cfg.model.text_features or not table_exists(cfg, "item_text_embeddings"):
+        return None
+    import numpy as np
+
+    rows = (
+        read_table(spark, cfg, "item_text_embeddings").join(read_table(spark, cfg, "item_profiles"), "item_id")
+        .select("item_idx", "embedding").toPandas()
+    )
+    if rows.empty:
+        return None
+    dim = len(rows["embedding"].iloc[0])
+    m = np.zeros((num_items + 1, dim), dtype=np.float32)
+    m[rows["item_idx"].to_numpy()] = np.stack(rows["embedding"].to_numpy())
+    return m.tolist()
 
 
 def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
@@ -66,6 +85,7 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         raise ValueError("training_examples has no train rows: generate or ingest more events")
 
     side = cfg.model.side_features
+    text = item_text_matrix(spark, cfg, feats["num_items"])
     spec = {
         "num_items": feats["num_items"],
         "max_len": cfg.features.max_seq_len,
@@ -76,6 +96,7 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "num_categories": feats["num_categories"] if side else 0,
         "num_brands": feats["num_brands"] if side else 0,
         "num_price_buckets": feats["num_price_buckets"] if side else 0,
+        "text_dim": len(text[0]) if text else 0,
     }
     experiment_id = setup_from_config(cfg)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}") as run:
@@ -103,6 +124,7 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         run_id=run_id,
         model_name=cfg.tracking.model_name,
         alias=cfg.tracking.alias,
+        item_text=text,
     )
     log.info("starting TorchDistributor: %d processes, local_mode=%s, use_gpu=%s", world, cfg.train.local_mode, cfg.train.use_gpu)
     t1 = time.time()

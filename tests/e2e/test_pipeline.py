@@ -36,7 +36,7 @@ def test_demo_end_to_end(spark, tmp_path):
     # demo.json holds what the issue promises
     saved = json.loads((cfg.lakehouse.reports_path / "demo.json").read_text())
     for key in ("events", "catalog", "users", "quarantine", "user_profiles", "item_profiles", "training_examples",
-                "recommendations"):
+                "item_text_embeddings", "recommendations"):
         assert saved["tables"][key]["rows"] > 0, key
     for scorer in ("model", "popularity"):
         for m in ("ndcg_at_10", "hr_at_10"):
@@ -54,6 +54,8 @@ def test_demo_end_to_end(spark, tmp_path):
     client = mlflow.MlflowClient()
     run = client.get_run(saved["mlflow"]["run_id"])
     assert run.data.params["train.epochs"] == "2" and run.data.params["model.hidden"] == "32"
+    spec = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/model_spec.json")
+    assert spec["text_dim"] == 384 and spec["num_categories"] > 0  # text and side features were used
     hist = client.get_metric_history(run.info.run_id, "val_ndcg_at_10")
     assert [h.step for h in hist] == [1, 2]
     assert "test_model_ndcg_at_10" in run.data.metrics  # evaluation logged to the training run
@@ -99,7 +101,8 @@ def test_demo_end_to_end(spark, tmp_path):
 def test_notebook_runs_as_plain_python(spark, tmp_path, monkeypatch):
     root = tmp_path / "nb"
     monkeypatch.setenv("RECSYS_CONFIG", str(ROOT / "conf" / "local.yaml"))
-    monkeypatch.setenv("RECSYS_OVERRIDES", " ".join([f"lakehouse.root={root}", *TINY, "train.epochs=1"]))
+    monkeypatch.setenv("RECSYS_OVERRIDES", " ".join([f"lakehouse.root={root}", *TINY, "train.epochs=1",
+                                                      "features.text_embeddings=false"]))
     nb = ROOT / "notebooks" / "recsys_pipeline.py"
     assert nb.read_text().splitlines()[0] == "# Databricks notebook source"
     runpy.run_path(str(nb), run_name="__main__")

@@ -90,3 +90,19 @@ def test_learns_a_deterministic_next_item_rule():
     m.eval()
     pred = m(items, types).argmax(1)
     assert (pred == targets[:, -1]).float().mean() > 0.9
+
+
+def test_text_embeddings_are_projected_into_item_vectors():
+    torch.manual_seed(0)
+    spec = SASRecSpec(num_items=5, max_len=4, hidden=8, text_dim=6)
+    text = torch.randn(6, 6)
+    m = SASRec(spec, item_text=text)
+    v = m.item_vectors()
+    assert v.shape == (6, 8)
+    assert torch.allclose(v - m.item_emb.weight, m.text_proj(text))
+    try:
+        SASRec(spec, item_text=torch.randn(6, 5))
+    except ValueError as e:
+        assert "item_text" in str(e)
+    else:
+        raise AssertionError("a wrongly shaped text matrix must be refused")
