@@ -5,14 +5,15 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.setup-done
 CONFIG  ?= conf/local.yaml
 ARGS    ?=
-UV      := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PYTHON  ?= python3.11
+UV      := $(PYTHON) -m uv
 
 .PHONY: setup demo test test-fast clean bench-quality
 setup: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
-	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
-	@test -x $(PY) || $(UV) venv --quiet --python python3.11 $(VENV)
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@test -x $(PY) || $(UV) venv --quiet --python $(PYTHON) $(VENV)
 	$(UV) pip install --quiet --python $(PY) -r requirements.lock
 	@# petastorm declares setuptools<70, torch setuptools>=77: install it without its declared deps
 	@# (its real runtime deps are in requirements.lock).

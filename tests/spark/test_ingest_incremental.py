@@ -99,7 +99,7 @@ def test_unreadable_files_are_quarantined_not_fatal(spark, cfg):
     (root / "events" / "empty.jsonl").write_text("")
     good = gzip.compress(lines(ev("t1"), ev("t2")).encode())
     (root / "events" / "cut.jsonl.gz").write_bytes(good[: len(good) - 12])  # truncated gzip
-    (root / "events" / "latin1.jsonl").write_bytes(json.dumps(ev("x1", query="caf\u00e9", et="search", item=None)).encode("latin-1") + b"\n")
+    (root / "events" / "latin1.jsonl").write_bytes(json.dumps(ev("x1", query="caf\u00e9", et="search", item=None), ensure_ascii=False).encode("latin-1") + b"\n")
     (root / "events" / "ok.jsonl").write_text(lines(ev("o1")))
     r = ingest(spark, cfg)
     assert events(spark, cfg) == ["o1"]
