@@ -45,6 +45,8 @@ SCORER_ORDER = ("model", "popularity", "cooccurrence", "als")
 METRIC_KEYS = ("hr_at_5", "hr_at_10", "hr_at_20", "ndcg_at_5", "ndcg_at_10", "ndcg_at_20", "mrr")
 WANTED_BASELINES = ("popularity", "cooccurrence", "als")
 MARKER = ".recsys-bench"  # a lakehouse root holding this file was made here and may be wiped
+STATE = "_bench_state.json"  # finished stages' results and times, for --resume
+RESUMABLE = ("import", "ingest", "build_profiles", "train")
 
 # Published figures, used only when the datasets README (parsed first) is not found. Same
 # content as /work/shared/datasets/README.md "Published results on exactly these files".
@@ -234,6 +236,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--root", default=None,
                    help="scratch lakehouse root; default /tmp/recsys-bench/<dataset stem> (wiped at start)")
     p.add_argument("--config", default=str(REPO / "conf" / "local.yaml"), help="config overlay; default conf/local.yaml")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the lakehouse root and reuse the stages an earlier run of the same command finished "
+                        "(after a failure in a later stage)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. model.hidden=128")
     return p.parse_intermixed_args(argv)
 
@@ -254,7 +259,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         raise UsageError(str(e)) from e
     if cfg.lakehouse.root_path != root:  # the user overrode lakehouse.root: use theirs
         root = cfg.lakehouse.root_path
-    prepare_root(root)
+    if args.resume:
+        if not (root / MARKER).is_file():
+            raise UsageError(f"--resume: {root} holds no earlier benchmark run")
+    else:
+        prepare_root(root)
 
     from recsys.cli import _quiet
 
@@ -270,12 +279,26 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     load_start = loadavg()
     timings: dict[str, float] = {}
 
+    state_path = root / STATE
+    state: dict[str, Any] = {"timings": {}, "results": {}}
+    if args.resume and state_path.is_file():
+        state = json.loads(state_path.read_text())
+    resumed: list[str] = []
+
     def stage(name: str, fn, *a, **kw):
+        if name in state["results"] and name in state["timings"]:  # finished by an earlier run (--resume)
+            timings[name] = state["timings"][name]
+            resumed.append(name)
+            print(f"[bench] {name}: reusing the result of an earlier run ({timings[name]:.1f}s then)", flush=True)
+            return state["results"][name]
         print(f"[bench] {name} ...", flush=True)
         t = time.time()
         out = fn(*a, **kw)
         timings[name] = round(time.time() - t, 1)
         print(f"[bench] {name} done in {timings[name]:.1f}s", flush=True)
+        if name in RESUMABLE:
+            state["timings"][name], state["results"][name] = timings[name], out
+            state_path.write_text(json.dumps(state, indent=2, default=str))
         return out
 
     imported = stage("import", import_dataset, str(dataset), cfg.lakehouse.landing_path, args.fmt)
@@ -331,6 +354,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "evaluation": {"split": evaluated.get("split"), "model_uri": evaluated.get("model_uri"),
                        "mlflow_run_id": evaluated.get("mlflow_run_id")},
         "timings_seconds": timings,
+        "resumed_stages": resumed,
         "total_seconds": round(sum(timings.values()), 1),
         "machine": machine_info(),
         "loadavg": {"start": load_start, "end": loadavg()},
