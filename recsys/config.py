@@ -148,8 +148,11 @@ class TrainConfig:
     patience: int = 3  # epochs without validation NDCG@10 improvement before stopping
     seed: int = 42
     torch_threads: int = 1
+    num_negatives: int = 0  # 0: full-catalogue softmax; K > 0: sampled softmax with K negatives
 
     def __post_init__(self) -> None:
+        if self.num_negatives < 0:
+            raise ConfigError("train.num_negatives must be >= 0 (0 = full softmax)")
         if self.num_processes < 1:
             raise ConfigError("train.num_processes must be >= 1")
         if self.epochs < 1 or self.batch_size < 1:

@@ -72,6 +72,8 @@ class SASRec(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, num_layers=spec.blocks, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(h)
+        # 0: full-catalogue softmax; K > 0: sampled softmax over K shared negatives (large catalogues).
+        self.num_negatives = 0
         self.register_buffer(
             "causal", torch.triu(torch.ones(spec.max_len, spec.max_len, dtype=torch.bool), diagonal=1),
             persistent=False,
@@ -112,7 +114,8 @@ class SASRec(nn.Module):
         0 = -inf. With ``targets`` (B, L): the full-softmax training loss (a scalar), so that
         training goes through ``forward`` and DDP's gradient hooks fire."""
         if targets is not None:
-            return full_softmax_loss(self, items, types, targets)
+            k = getattr(self, "num_negatives", 0)
+            return sampled_softmax_loss(self, items, types, targets, k) if k > 0 else full_softmax_loss(self, items, types, targets)
         vectors = self.item_vectors()
         h = self.encode(items, types, vectors)[:, -1]  # (B, H)
         scores = h @ vectors.T

@@ -35,6 +35,7 @@ class TrainJob:
     model_name: str = ""
     alias: str = ""
     item_text: list[list[float]] | None = None
+    num_negatives: int = 0  # 0 = full softmax
     extra_tags: dict = field(default_factory=dict)
 
 
@@ -84,6 +85,7 @@ def train_worker(job: TrainJob) -> dict:
     torch.manual_seed(job.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
 
     model = build_model(job).to(device)
+    model.num_negatives = job.num_negatives
     net = DDP(model) if distributed else model
     opt = torch.optim.AdamW(model.parameters(), lr=job.lr, weight_decay=job.weight_decay, betas=(0.9, 0.98))
     steps_per_epoch = max(1, math.ceil(job.train.rows / (job.batch_size * world)))

@@ -106,3 +106,18 @@ def test_text_embeddings_are_projected_into_item_vectors():
         assert "item_text" in str(e)
     else:
         raise AssertionError("a wrongly shaped text matrix must be refused")
+
+
+def test_forward_switches_to_sampled_softmax():
+    m = make()
+    items, types = batch()
+    targets = torch.roll(items, -1, dims=1) * (items != 0)
+    full = m(items, types, targets)
+    assert torch.allclose(full, full_softmax_loss(m, items, types, targets))
+    m.num_negatives = 5
+    torch.manual_seed(1)
+    sampled = m(items, types, targets)
+    torch.manual_seed(1)
+    assert torch.allclose(sampled, sampled_softmax_loss(m, items, types, targets, 5))
+    # fewer classes than the full catalogue: the sampled loss is the smaller one here
+    assert sampled < full
