@@ -231,7 +231,8 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str,
                 counts["files_quarantined"][rule] = counts["files_quarantined"].get(rule, 0) + 1
         rows = landing_files.read_rows(spark, good, RAW_SCHEMAS[source]) if good else None
         if rows is not None:
-            counts = _merge_counts(counts, _ingest_rows(spark, cfg, source, rows, now, user_id, run_id, quarantine))
+            counts = _merge_counts(counts, _ingest_rows(spark, cfg, source, rows, now, user_id, run_id, quarantine,
+                                                        fresh=full))
         counts["reconciles"] = counts["read"] == counts["accepted"] + counts["quarantined"] + counts["duplicates"]
         report[source] = counts
         manifest_rows += [(f.path, f.size, f.mtime_ns, source, run_id) for f in files]
@@ -263,7 +264,9 @@ def _merge_quarantine(quarantine, rows: DataFrame) -> None:
 
 
 def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame, now: Column, user_id: Column,
-                 run_id: str, quarantine) -> dict[str, Any]:
+                 run_id: str, quarantine, *, fresh: bool = False) -> dict[str, Any]:
+    """Classify ``rows`` of ``source`` and write them. ``fresh``: the tables were just reset
+    (a full refresh), so plain appends replace the MERGEs and the cross-run duplicate check."""
     from delta.tables import DeltaTable
 
     if source == "catalog":
@@ -275,12 +278,15 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
     else:
         known = spark.read.format("delta").load(cfg.table_path("catalog")).select(F.col("item_id").alias("_known_item"))
         rows = rows.join(F.broadcast(known), F.trim(F.col("p.item_id")) == F.col("_known_item"), "left")
-        # Pinned to the version before this run's write: the classified rows are recomputed
-        # when Spark evicts them, and must not then see their own inserts as duplicates.
-        version = DeltaTable.forPath(spark, cfg.table_path("events")).history(1).first()["version"]
-        seen = (spark.read.format("delta").option("versionAsOf", version).load(cfg.table_path("events"))
-                .select(F.col("event_id").alias("_seen_id")))
-        rows = rows.join(seen, F.trim(F.col("p.event_id")) == F.col("_seen_id"), "left")
+        if fresh:
+            rows = rows.withColumn("_seen_id", F.lit(None).cast("string"))
+        else:
+            # Pinned to the version before this run's write: the classified rows are recomputed
+            # when Spark evicts them, and must not then see their own inserts as duplicates.
+            version = DeltaTable.forPath(spark, cfg.table_path("events")).history(1).first()["version"]
+            seen = (spark.read.format("delta").option("versionAsOf", version).load(cfg.table_path("events"))
+                    .select(F.col("event_id").alias("_seen_id")))
+            rows = rows.join(seen, F.trim(F.col("p.event_id")) == F.col("_seen_id"), "left")
         rule_list = rules.event_rules() + [
             ("unknown_item", (F.col("p.event_type") != "search") & F.col("_known_item").isNull()),
             # delivered again after an earlier run already stored it
@@ -302,15 +308,21 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
                 F.coalesce(F.lower(F.col("p.in_stock")).isin("true", "1", "yes"), F.lit(True)).alias("in_stock"),
                 now.alias("ingested_at"),
             )
-            target.alias("t").merge(new.alias("s"), "t.item_id = s.item_id") \
-                .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+            if fresh:
+                new.write.format("delta").mode("append").save(cfg.table_path(source))
+            else:
+                target.alias("t").merge(new.alias("s"), "t.item_id = s.item_id") \
+                    .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
             qkey = F.lit(None).cast("string")
         elif source == "users":
             new = ok.select(user_id.alias("user_id"), F.col("p.age").try_cast("int").alias("age"),
                             F.col("p.gender").alias("gender"), F.col("p.location").alias("location"),
                             now.alias("ingested_at"))
-            target.alias("t").merge(new.alias("s"), "t.user_id = s.user_id") \
-                .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+            if fresh:
+                new.write.format("delta").mode("append").save(cfg.table_path(source))
+            else:
+                target.alias("t").merge(new.alias("s"), "t.user_id = s.user_id") \
+                    .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
             qkey = user_id
         else:
             ts = rules.parse_ts(F.col("p.ts"))
@@ -330,9 +342,16 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
             )
             # Insert-only: an event_id already stored (e.g. by a run that died before its
             # manifest entry) is never written twice.
-            target.alias("t").merge(new.alias("s"), "t.event_id = s.event_id").whenNotMatchedInsertAll().execute()
+            if fresh:
+                new.write.format("delta").mode("append").save(cfg.table_path(source))
+            else:
+                target.alias("t").merge(new.alias("s"), "t.event_id = s.event_id").whenNotMatchedInsertAll().execute()
             qkey = user_id
-        _merge_quarantine(quarantine, _quarantine_rows(df, source, now, qkey, run_id))
+        q = _quarantine_rows(df, source, now, qkey, run_id)
+        if fresh:
+            q.write.format("delta").mode("append").save(cfg.table_path("quarantine"))
+        else:
+            _merge_quarantine(quarantine, q)
         files = len({r[0] for r in df.select("source_file").distinct().collect()})
         return _counts(df, source, files)
     finally:
