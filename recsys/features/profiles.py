@@ -19,6 +19,7 @@ from recsys.ingest.pipeline import write_report
 from recsys.tables import EVENT_TYPE_INDEX, FUNNEL_RANK, read_table, table_exists, write_table
 
 SPLITS = ("train", "validation", "test")
+WINDOWS_DAYS = (1, 7, 30)
 
 
 def _map_expr(mapping: dict[str, int], c: Column) -> Column:
@@ -31,21 +32,29 @@ def build_item_profiles(spark: SparkSession, cfg: Config, events: DataFrame, cat
     ``item_idx`` runs 1..N (0 is the model's padding); ``category_idx``, ``brand_idx`` and
     ``price_bucket`` likewise start at 1.
     """
+    as_of = events.agg(F.max("ts")).first()[0]
+    kinds = {"views": "view", "clicks": "click", "carts": "add_to_cart", "purchases": "purchase"}
+    windowed = []
+    if as_of is not None:
+        # Counts over the last 1, 7 and 30 days before the newest event (trend features).
+        for days in WINDOWS_DAYS:
+            recent = F.col("ts") > F.lit(as_of) - F.expr(f"INTERVAL {days} DAYS")
+            windowed += [F.sum(((F.col("event_type") == t) & recent).cast("long")).alias(f"{name}_{days}d")
+                         for name, t in kinds.items()]
     counts = (
         events.where(F.col("item_id").isNotNull())
         .groupBy("item_id")
         .agg(
-            F.sum((F.col("event_type") == "view").cast("long")).alias("views"),
-            F.sum((F.col("event_type") == "click").cast("long")).alias("clicks"),
-            F.sum((F.col("event_type") == "add_to_cart").cast("long")).alias("carts"),
-            F.sum((F.col("event_type") == "purchase").cast("long")).alias("purchases"),
+            *[F.sum((F.col("event_type") == t).cast("long")).alias(name) for name, t in kinds.items()],
             F.countDistinct("user_id").alias("users"),
+            *windowed,
         )
     )
+    window_cols = [f"{name}_{d}d" for d in WINDOWS_DAYS for name in kinds] if as_of is not None else []
     by_id = Window.orderBy("item_id")
     items = (
         catalog.join(counts, "item_id", "left")
-        .fillna(0, ["views", "clicks", "carts", "purchases", "users"])
+        .fillna(0, ["views", "clicks", "carts", "purchases", "users", *window_cols])
         .withColumn("item_idx", F.row_number().over(by_id).cast("int"))
         .withColumn("category_idx", F.dense_rank().over(Window.orderBy("category")).cast("int"))
         .withColumn("top_category", F.split("category", ">").getItem(0))
@@ -67,7 +76,7 @@ def build_item_profiles(spark: SparkSession, cfg: Config, events: DataFrame, cat
     return items.select(
         "item_id", "item_idx", "title", "category", "top_category", "category_idx", "brand", "brand_idx",
         "price", "price_bucket", "in_stock", "views", "clicks", "carts", "purchases", "users", "ctr",
-        "conversion", "popularity_rank",
+        "conversion", "popularity_rank", *window_cols,
     )
 
 
@@ -92,9 +101,25 @@ def build_steps(events: DataFrame, items: DataFrame) -> DataFrame:
     return steps.withColumn("event_type", F.element_at(names, F.col("funnel")))
 
 
+def _top_shares(steps: DataFrame, col: str, name: str, out: str, k: int = 3) -> DataFrame:
+    """Per user: the ``k`` most frequent values of ``col`` among their steps, with their share."""
+    per = steps.where(F.col(col).isNotNull()).groupBy("user_id", col).count()
+    per = per.withColumn("share", F.col("count") / F.sum("count").over(Window.partitionBy("user_id")))
+    return per.groupBy("user_id").agg(
+        F.slice(
+            F.transform(
+                F.sort_array(F.collect_list(F.struct(F.col("count"), F.col(col).alias("value"), F.col("share"))), asc=False),
+                lambda x: F.struct(x["value"].alias(name), F.round(x["share"], 4).alias("share")),
+            ),
+            1, k,
+        ).alias(out)
+    )
+
+
 def build_user_profiles(spark: SparkSession, cfg: Config, events: DataFrame, steps: DataFrame,
-                        users: DataFrame | None) -> DataFrame:
-    """One row per user: ordered history, counts per event type, recency, purchases."""
+                        users: DataFrame | None, items: DataFrame | None = None) -> DataFrame:
+    """One row per user: ordered history, counts per event type, recency / frequency /
+    monetary value, top categories and brands with their shares, price level, demographics."""
     as_of = events.agg(F.max("ts")).first()[0]
     counts = events.groupBy("user_id").agg(
         *[F.sum((F.col("event_type") == t).cast("long")).alias(f"n_{t}") for t in EVENT_TYPE_INDEX],
@@ -120,6 +145,14 @@ def build_user_profiles(spark: SparkSession, cfg: Config, events: DataFrame, ste
     prof = counts.join(hist, "user_id", "left").withColumn(
         "recency_days", F.datediff(F.lit(as_of), F.col("last_ts"))
     ).withColumn("n_steps", F.coalesce(F.size("seq_item_idx"), F.lit(0)))
+    if items is not None:
+        rich = steps.join(items.select("item_idx", "top_category", "brand", "price_bucket"), "item_idx")
+        prof = (
+            prof.join(_top_shares(rich, "top_category", "category", "top_categories"), "user_id", "left")
+            .join(_top_shares(rich, "brand", "brand", "top_brands"), "user_id", "left")
+            .join(rich.groupBy("user_id").agg(F.round(F.avg(F.when(F.col("price_bucket") > 0, F.col("price_bucket"))), 2)
+                                              .alias("price_level")), "user_id", "left")
+        )
     if users is not None:
         prof = prof.join(users.select("user_id", "age", "gender", "location"), "user_id", "left")
     return prof
@@ -181,7 +214,7 @@ def build_profiles(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     items = read_table(spark, cfg, "item_profiles")
 
     steps = build_steps(events, items)
-    profiles = build_user_profiles(spark, cfg, events, steps, users)
+    profiles = build_user_profiles(spark, cfg, events, steps, users, items)
     write_table(profiles, cfg, "user_profiles")
     profiles = read_table(spark, cfg, "user_profiles")
 

@@ -50,6 +50,10 @@ def test_steps_and_leave_one_out(spark, cfg):
     assert u1["n_view"] == 5 and u1["n_search"] == 1 and u1["n_purchase"] == 1
     assert u1["purchased_item_idx"] == [items["i3"]]
     assert prof["u2"]["n_steps"] == 2
+    # u1's 5 steps: i1, i3, i5 are in "A" (odd ids), i2, i4 in "C"
+    assert [(c["category"], c["share"]) for c in u1["top_categories"]] == [("A", 0.6), ("C", 0.4)]
+    assert u1["top_brands"][0]["brand"] == "b" and u1["top_brands"][0]["share"] == 1.0
+    assert u1["price_level"] is not None
 
     ex = {r["split"]: r for r in read_table(spark, cfg, "training_examples").collect()}
     L = cfg.features.max_seq_len
@@ -73,3 +77,5 @@ def test_item_profiles_rates_and_indices(spark, cfg):
     assert i1["popularity_rank"] == 1
     assert items["i8"]["views"] == 0 and items["i8"]["ctr"] == pytest.approx(0.5)
     assert {r["price_bucket"] for r in items.values()} <= set(range(1, cfg.features.price_buckets + 1))
+    # every event is within the last day of the newest one: windowed counts equal totals
+    assert (i1["views_1d"], i1["clicks_7d"], i1["views_30d"]) == (2, 1, 2)
