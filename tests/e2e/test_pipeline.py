@@ -120,8 +120,9 @@ def test_cli_wrong_config_key_is_one_clear_line(tmp_path):
     p = _cli("train", "--config", "conf/local.yaml", f"lakehouse.root={tmp_path}", "train.epoch=3")
     assert p.returncode == 2
     lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
-    assert lines == ["recsys train: error: unknown config key 'train.epoch'; allowed keys here: batch_size, epochs, "
-                     "local_mode, lr, num_processes, patience, seed, torch_threads, use_gpu, warmup_steps, weight_decay"]
+    assert len(lines) == 1
+    assert lines[0].startswith("recsys train: error: unknown config key 'train.epoch'; allowed keys here: ")
+    assert "epochs" in lines[0].split("allowed keys here: ")[1].split(", ")
 
 
 def test_cli_missing_input_folder_is_one_clear_line(tmp_path):
