@@ -96,6 +96,9 @@ def train_worker(job: TrainJob) -> dict:
         import mlflow as _mlflow
 
         _mlflow.set_tracking_uri(job.tracking_uri)
+        # The registry too: this process may have inherited MLFLOW_REGISTRY_URI from a driver
+        # that pointed elsewhere when Spark started its Python workers.
+        _mlflow.set_registry_uri(job.tracking_uri)
         mlflow = _mlflow
         mlflow.start_run(run_id=job.run_id)
 
