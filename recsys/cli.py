@@ -36,9 +36,14 @@ def _quiet() -> None:
 def run_generate(cfg: Config) -> dict[str, Any]:
     from recsys.datagen import generate_shop
 
+    import datetime as dt
+
     g = cfg.generator
+    # A fixed start keeps the demo reproducible; a long history is moved back so that it
+    # ends before today (ingest rejects events stamped in the future).
+    start = min(dt.date(2026, 10, 1), dt.date.today() - dt.timedelta(days=g.days))
     return generate_shop(cfg.lakehouse.landing_path, users=g.users, items=g.items, days=g.days, seed=g.seed,
-                         malformed_rate=g.malformed_rate)
+                         malformed_rate=g.malformed_rate, start=start)
 
 
 def run_ingest(cfg: Config) -> dict[str, Any]:
@@ -53,7 +58,7 @@ def run_build_profiles(cfg: Config) -> dict[str, Any]:
     from recsys.features.profiles import build_profiles
     from recsys.spark import get_spark
 
-    return build_profiles(get_spark(cfg), cfg)
+    return build_profiles(get_spark(cfg), cfg, full=cfg.features.full_rebuild)
 
 
 def run_embed_text(cfg: Config) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class TablesConfig:
     quarantine: str = "bronze/quarantine"
     user_profiles: str = "gold/user_profiles"
     item_profiles: str = "gold/item_profiles"
+    item_daily_counts: str = "gold/item_daily_counts"
     training_examples: str = "gold/training_examples"
     item_text_embeddings: str = "gold/item_text_embeddings"
     recommendations: str = "gold/recommendations"
@@ -103,10 +104,16 @@ class FeaturesConfig:
     text_embeddings: bool = True  # build item_text_embeddings with a sentence encoder
     text_model: str = ""  # a sentence-transformers model path; "" = the bundled all-MiniLM-L6-v2
     text_batch_size: int = 64
+    full_rebuild: bool = False  # true: rebuild every gold table instead of MERGEing what changed
+    # Share of users whose second-to-last step is the validation target; for the others it is
+    # one more training target (1.0 = every user validates, the classic split).
+    validation_share: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_seq_len < 2:
             raise ConfigError("features.max_seq_len must be >= 2")
+        if not 0.0 < self.validation_share <= 1.0:
+            raise ConfigError(f"features.validation_share must be in (0, 1], got {self.validation_share}")
         if self.min_interactions < 3:
             raise ConfigError("features.min_interactions must be >= 3 (train, validation and test need one item each)")
         if self.price_buckets < 1:
@@ -149,8 +156,11 @@ class TrainConfig:
     seed: int = 42
     torch_threads: int = 1
     num_negatives: int = 0  # 0: full-catalogue softmax; K > 0: sampled softmax with K negatives
+    length_buckets: int = 32  # batches pooled, sorted by length and cut to their longest sequence; 0 = off
 
     def __post_init__(self) -> None:
+        if self.length_buckets < 0:
+            raise ConfigError("train.length_buckets must be >= 0 (0 = off)")
         if self.num_negatives < 0:
             raise ConfigError("train.num_negatives must be >= 0 (0 = full softmax)")
         if self.num_processes < 1:

@@ -90,6 +90,7 @@ WRITTEN_BY = {
     "quarantine": "recsys ingest",
     "user_profiles": "recsys build-profiles",
     "item_profiles": "recsys build-profiles",
+    "item_daily_counts": "recsys build-profiles",
     "training_examples": "recsys build-profiles",
     "item_text_embeddings": "recsys embed-text",
     "recommendations": "recsys recommend",

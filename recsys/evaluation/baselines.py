@@ -1,7 +1,8 @@
 """Baselines for the full-ranking evaluation: most-popular, item co-occurrence and Spark ALS.
 
 Every baseline is fitted on *training steps only*: each user's ``history_items`` of their
-``validation`` row, i.e. every step before the validation target. That source leaks neither
+``validation`` row, i.e. every step before the validation target (or, for users without one,
+of their test row). That source leaks neither
 the validation nor the test target, so the same fit serves both evaluation splits.
 
 A fitted baseline is a small picklable :class:`Scorer`: it travels to the Python workers inside
@@ -42,9 +43,13 @@ def training_sequences(examples: DataFrame) -> DataFrame:
     """``(user_id, items)``: each user's training steps, distinct items in first-seen order.
 
     The validation row's ``history_items`` holds exactly the steps before the validation
-    target, so nothing of the validation or test targets leaks into a baseline.
+    target, so nothing of the validation or test targets leaks into a baseline. A user with
+    no validation row (``features.validation_share`` < 1) trains the model on the step before
+    the test target too, and so do the baselines: their test row's history.
     """
-    return examples.where(F.col("split") == "validation").select("user_id", F.col("history_items").alias("items"))
+    val = examples.where(F.col("split") == "validation").select("user_id", "history_items")
+    rest = examples.where(F.col("split") == "test").join(val.select("user_id"), "user_id", "left_anti")
+    return val.unionByName(rest.select("user_id", "history_items")).select("user_id", F.col("history_items").alias("items"))
 
 
 def popularity_counts(examples: DataFrame, num_items: int) -> np.ndarray:

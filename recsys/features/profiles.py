@@ -9,6 +9,9 @@ step is the test target, the one before it the validation target, the rest is tr
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -20,51 +23,73 @@ from recsys.tables import EVENT_TYPE_INDEX, FUNNEL_RANK, read_table, table_exist
 
 SPLITS = ("train", "validation", "test")
 WINDOWS_DAYS = (1, 7, 30)
+COUNT_KINDS = {"views": "view", "clicks": "click", "carts": "add_to_cart", "purchases": "purchase"}
 
 
 def _map_expr(mapping: dict[str, int], c: Column) -> Column:
     return F.create_map(*[x for k, v in mapping.items() for x in (F.lit(k), F.lit(v))])[c]
 
 
-def build_item_profiles(spark: SparkSession, cfg: Config, events: DataFrame, catalog: DataFrame) -> DataFrame:
-    """One row per catalogue item: dense indices for the model, counts, CTR and conversion.
+def _assign_ids(keys: DataFrame, key: str, idx: str, old: DataFrame | None) -> DataFrame:
+    """Dense ids 1..n for the distinct ``key`` values; ids already in ``old`` (key, idx) are kept
+    and new keys get the next free ids in key order, so a model's embedding rows stay valid."""
+    keys = keys.select(key).where(F.col(key).isNotNull()).distinct()
+    by_key = Window.orderBy(key)
+    if old is None:
+        return keys.withColumn(idx, F.row_number().over(by_key).cast("int"))
+    old = old.select(key, idx).where(F.col(key).isNotNull()).dropDuplicates([key])
+    base = old.agg(F.max(idx)).first()[0] or 0
+    fresh = keys.join(old, key, "left_anti").withColumn(idx, (F.lit(base) + F.row_number().over(by_key)).cast("int"))
+    return keys.join(old, key).unionByName(fresh)
 
-    ``item_idx`` runs 1..N (0 is the model's padding); ``category_idx``, ``brand_idx`` and
-    ``price_bucket`` likewise start at 1.
+
+def catalog_ids(spark: SparkSession, cfg: Config, catalog: DataFrame, previous: DataFrame | None) -> DataFrame:
+    """The catalogue with the model's dense ids: ``item_idx``, ``category_idx``, ``brand_idx``
+    (stable across rebuilds when ``previous`` item profiles exist) and ``price_bucket``
+    (1..``price_buckets`` by price, 0 = no price)."""
+    ids = (
+        catalog.join(_assign_ids(catalog, "item_id", "item_idx", previous), "item_id")
+        .join(_assign_ids(catalog, "category", "category_idx", previous), "category", "left")
+        .join(_assign_ids(catalog, "brand", "brand_idx", previous), "brand", "left")
+    )
+    return ids.withColumn("top_category", F.split("category", ">").getItem(0)).withColumn(
+        "price_bucket",
+        F.when(F.col("price").isNull(), F.lit(0)).otherwise(
+            F.ntile(cfg.features.price_buckets).over(Window.orderBy("price", "item_id"))
+        ).cast("int"),
+    )
+
+
+def daily_item_counts(events: DataFrame) -> DataFrame:
+    """(item_id, event_date) → views, clicks, carts, purchases: the additive part of item profiles."""
+    return (
+        events.where(F.col("item_id").isNotNull())
+        .groupBy("item_id", "event_date")
+        .agg(*[F.sum((F.col("event_type") == t).cast("long")).alias(name) for name, t in COUNT_KINDS.items()])
+    )
+
+
+def item_user_counts(events: DataFrame) -> DataFrame:
+    return events.where(F.col("item_id").isNotNull()).groupBy("item_id").agg(F.countDistinct("user_id").alias("users"))
+
+
+def assemble_item_profiles(ids: DataFrame, daily: DataFrame, users: DataFrame, as_of: dt.date | None) -> DataFrame:
+    """One row per catalogue item from its ids, its daily counts and its distinct users.
+
+    Windowed counts cover the last 1, 7 and 30 calendar days up to ``as_of`` (the newest
+    event's date), so they can be summed from ``item_daily_counts`` without reading events.
     """
-    as_of = events.agg(F.max("ts")).first()[0]
-    kinds = {"views": "view", "clicks": "click", "carts": "add_to_cart", "purchases": "purchase"}
     windowed = []
     if as_of is not None:
-        # Counts over the last 1, 7 and 30 days before the newest event (trend features).
         for days in WINDOWS_DAYS:
-            recent = F.col("ts") > F.lit(as_of) - F.expr(f"INTERVAL {days} DAYS")
-            windowed += [F.sum(((F.col("event_type") == t) & recent).cast("long")).alias(f"{name}_{days}d")
-                         for name, t in kinds.items()]
-    counts = (
-        events.where(F.col("item_id").isNotNull())
-        .groupBy("item_id")
-        .agg(
-            *[F.sum((F.col("event_type") == t).cast("long")).alias(name) for name, t in kinds.items()],
-            F.countDistinct("user_id").alias("users"),
-            *windowed,
-        )
-    )
-    window_cols = [f"{name}_{d}d" for d in WINDOWS_DAYS for name in kinds] if as_of is not None else []
-    by_id = Window.orderBy("item_id")
+            recent = F.col("event_date") > F.date_sub(F.lit(as_of), days)
+            windowed += [F.sum(F.when(recent, F.col(name)).otherwise(0)).alias(f"{name}_{days}d") for name in COUNT_KINDS]
+    totals = daily.groupBy("item_id").agg(*[F.sum(name).alias(name) for name in COUNT_KINDS], *windowed)
+    window_cols = [f"{name}_{d}d" for d in WINDOWS_DAYS for name in COUNT_KINDS] if as_of is not None else []
     items = (
-        catalog.join(counts, "item_id", "left")
-        .fillna(0, ["views", "clicks", "carts", "purchases", "users", *window_cols])
-        .withColumn("item_idx", F.row_number().over(by_id).cast("int"))
-        .withColumn("category_idx", F.dense_rank().over(Window.orderBy("category")).cast("int"))
-        .withColumn("top_category", F.split("category", ">").getItem(0))
-        .withColumn("brand_idx", F.dense_rank().over(Window.orderBy("brand")).cast("int"))
-        .withColumn(
-            "price_bucket",
-            F.when(F.col("price").isNull(), F.lit(0)).otherwise(
-                F.ntile(cfg.features.price_buckets).over(Window.orderBy("price"))
-            ).cast("int"),
-        )
+        ids.join(totals, "item_id", "left")
+        .join(users, "item_id", "left")
+        .fillna(0, [*COUNT_KINDS, "users", *window_cols])
         # Beta(1, 1)-smoothed rates: an item with no views has CTR 0.5, not 0/0.
         .withColumn("ctr", (F.col("clicks") + 1) / (F.col("views") + 2))
         .withColumn("conversion", (F.col("purchases") + 1) / (F.col("views") + 2))
@@ -75,9 +100,21 @@ def build_item_profiles(spark: SparkSession, cfg: Config, events: DataFrame, cat
     )
     return items.select(
         "item_id", "item_idx", "title", "category", "top_category", "category_idx", "brand", "brand_idx",
-        "price", "price_bucket", "in_stock", "views", "clicks", "carts", "purchases", "users", "ctr",
-        "conversion", "popularity_rank", *window_cols,
+        "price", "price_bucket", "in_stock", *COUNT_KINDS, "users", "ctr", "conversion", "popularity_rank",
+        *[F.col(c).cast("long") for c in window_cols],
     )
+
+
+def build_item_profiles(spark: SparkSession, cfg: Config, events: DataFrame, catalog: DataFrame,
+                        previous: DataFrame | None = None) -> DataFrame:
+    """One row per catalogue item: dense indices for the model, counts, CTR and conversion.
+
+    ``item_idx`` runs 1..N (0 is the model's padding); ``category_idx``, ``brand_idx`` and
+    ``price_bucket`` likewise start at 1.
+    """
+    as_of = events.agg(F.max("event_date")).first()[0]
+    return assemble_item_profiles(catalog_ids(spark, cfg, catalog, previous), daily_item_counts(events),
+                                  item_user_counts(events), as_of)
 
 
 def build_steps(events: DataFrame, items: DataFrame) -> DataFrame:
@@ -119,14 +156,18 @@ def _top_shares(steps: DataFrame, col: str, name: str, out: str, k: int = 3) -> 
 def build_user_profiles(spark: SparkSession, cfg: Config, events: DataFrame, steps: DataFrame,
                         users: DataFrame | None, items: DataFrame | None = None) -> DataFrame:
     """One row per user: ordered history, counts per event type, recency / frequency /
-    monetary value, top categories and brands with their shares, price level, demographics."""
-    as_of = events.agg(F.max("ts")).first()[0]
+    monetary value, top categories and brands with their shares, price level, demographics.
+
+    Recency is ``last_ts`` (days since = the reader's today minus it): storing a day count
+    would make every profile change each day, and an incremental build touch every user.
+    """
     counts = events.groupBy("user_id").agg(
         *[F.sum((F.col("event_type") == t).cast("long")).alias(f"n_{t}") for t in EVENT_TYPE_INDEX],
         F.countDistinct("session_id").alias("n_sessions"),
         F.min("ts").alias("first_ts"),
         F.max("ts").alias("last_ts"),
-        F.sum(F.when(F.col("event_type") == "purchase", F.col("price") * F.coalesce("quantity", F.lit(1)))).alias("monetary"),
+        F.round(F.sum(F.when(F.col("event_type") == "purchase", F.col("price") * F.coalesce("quantity", F.lit(1)))), 2)
+        .alias("monetary"),
     )
     type_idx = _map_expr(EVENT_TYPE_INDEX, F.col("event_type"))
     hist = steps.groupBy("user_id").agg(
@@ -142,9 +183,7 @@ def build_user_profiles(spark: SparkSession, cfg: Config, events: DataFrame, ste
         F.transform("_h", lambda s: s["type_idx"]).alias("seq_type_idx"),
         "purchased_item_idx",
     )
-    prof = counts.join(hist, "user_id", "left").withColumn(
-        "recency_days", F.datediff(F.lit(as_of), F.col("last_ts"))
-    ).withColumn("n_steps", F.coalesce(F.size("seq_item_idx"), F.lit(0)))
+    prof = counts.join(hist, "user_id", "left").withColumn("n_steps", F.coalesce(F.size("seq_item_idx"), F.lit(0)))
     if items is not None:
         rich = steps.join(items.select("item_idx", "top_category", "brand", "price_bucket"), "item_idx")
         prof = (
@@ -164,6 +203,11 @@ def _last_padded(arr: Column, length: int) -> Column:
     return F.concat(F.array_repeat(F.lit(0), F.lit(length) - F.size(tail)), tail)
 
 
+def validation_user(share: float) -> Column:
+    """True for the fixed hash sample of users (``share`` of them) that keep a validation target."""
+    return F.pmod(F.xxhash64("user_id"), F.lit(10_000)) < F.lit(int(round(share * 10_000)))
+
+
 def build_training_examples(cfg: Config, profiles: DataFrame) -> DataFrame:
     """Leave-one-out examples, one row per (user, split), all arrays of length ``max_seq_len``.
 
@@ -171,18 +215,26 @@ def build_training_examples(cfg: Config, profiles: DataFrame) -> DataFrame:
     * validation: inputs = steps[1 .. n-2], target = step n-1
     * test: inputs = steps[1 .. n-1], target = step n
     ``history_items`` (variable length) lists every item before the target, for masking.
+
+    With ``features.validation_share`` < 1, only that share of users (a fixed hash sample)
+    keeps its step n-1 as a validation target; for everyone else step n-1 becomes one more
+    training target (inputs steps[1 .. n-2], targets steps[2 .. n-1]) and there is no
+    validation row. The test target is never trained on.
     """
     L = cfg.features.max_seq_len
     p = profiles.where(F.col("n_steps") >= cfg.features.min_interactions).select(
-        "user_id", "seq_item_idx", "seq_type_idx", F.col("n_steps").alias("n")
+        "user_id", "seq_item_idx", "seq_type_idx", F.col("n_steps").alias("n"),
+        validation_user(cfg.features.validation_share).alias("_holdout"),
     )
     n = F.col("n")
+    n_train = F.when(F.col("_holdout"), n - 3).otherwise(n - 2)
 
     def head(c: str, k: Column) -> Column:
         return F.slice(F.col(c), 1, k)
 
     def row(split: str, n_in: Column, targets: Column, target: Column) -> DataFrame:
         return p.select(
+            "_holdout",
             "user_id",
             F.lit(split).alias("split"),
             _last_padded(head("seq_item_idx", n_in), L).alias("input_items"),
@@ -193,23 +245,130 @@ def build_training_examples(cfg: Config, profiles: DataFrame) -> DataFrame:
         )
 
     zeros = F.array_repeat(F.lit(0), L)
-    train = row("train", n - 3, _last_padded(F.slice(F.col("seq_item_idx"), 2, n - 3), L), F.lit(0)).where(
+    train = row("train", n_train, _last_padded(F.slice(F.col("seq_item_idx"), 2, n_train), L), F.lit(0)).where(
         F.size(F.array_remove("input_items", 0)) >= 1
     )
     valid = row("validation", n - 2, F.concat(F.slice(zeros, 1, L - 1), F.array(F.element_at("seq_item_idx", n - 1))),
-                F.element_at("seq_item_idx", n - 1))
+                F.element_at("seq_item_idx", n - 1)).where(F.col("_holdout"))
     test = row("test", n - 1, F.concat(F.slice(zeros, 1, L - 1), F.array(F.element_at("seq_item_idx", n))),
                F.element_at("seq_item_idx", n))
-    return train.unionByName(valid).unionByName(test)
+    return train.unionByName(valid).unionByName(test).drop("_holdout")
 
 
-def build_profiles(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Build the gold tables from bronze and return a report with their row counts."""
-    events = read_table(spark, cfg, "events")
-    catalog = read_table(spark, cfg, "catalog")
-    users = read_table(spark, cfg, "users") if table_exists(cfg, "users") else None
+# --- orchestration: full and incremental builds -----------------------------------------------
 
-    items = build_item_profiles(spark, cfg, events, catalog)
+# Bump when the gold tables' definitions change: the next run rebuilds them in full.
+GOLD_SCHEMA_VERSION = 2
+GOLD_TABLES = ("item_daily_counts", "item_profiles", "user_profiles", "training_examples")
+
+
+def log_path(cfg: Config) -> str:
+    """The profiles log: one row per build with the bronze versions it covered."""
+    return str(cfg.lakehouse.root_path / "_profiles_log")
+
+
+def _fingerprint(cfg: Config) -> str:
+    f = cfg.features
+    return json.dumps({"schema": GOLD_SCHEMA_VERSION, "max_seq_len": f.max_seq_len,
+                       "min_interactions": f.min_interactions, "price_buckets": f.price_buckets,
+                       "validation_share": f.validation_share}, sort_keys=True)
+
+
+def _delta_state(spark: SparkSession, cfg: Config, name: str) -> dict[str, Any] | None:
+    """The table's identity and latest version, or None when it does not exist."""
+    from delta.tables import DeltaTable
+
+    if not table_exists(cfg, name):
+        return None
+    table = DeltaTable.forPath(spark, cfg.table_path(name))
+    return {"id": table.detail().first()["id"], "version": int(table.history(1).first()["version"])}
+
+
+def _last_log(spark: SparkSession, cfg: Config) -> dict[str, Any] | None:
+    if not (Path(log_path(cfg)) / "_delta_log").is_dir():
+        return None
+    row = spark.read.format("delta").load(log_path(cfg)).orderBy(F.desc("finished_at")).limit(1).collect()
+    return json.loads(row[0]["state"]) if row else None
+
+
+def _write_log(spark: SparkSession, cfg: Config, mode: str, state: dict[str, Any]) -> None:
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    spark.createDataFrame([(now, mode, json.dumps(state))], "finished_at timestamp, mode string, state string") \
+        .write.format("delta").mode("append").save(log_path(cfg))
+
+
+def _read_version(spark: SparkSession, cfg: Config, name: str, version: int) -> DataFrame:
+    return spark.read.format("delta").option("versionAsOf", version).load(cfg.table_path(name))
+
+
+def _why_full(spark: SparkSession, cfg: Config, last: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
+    """Why this run cannot be incremental (None = it can)."""
+    if last is None:
+        return "no earlier build"
+    if last.get("fingerprint") != now["fingerprint"]:
+        return "feature settings or gold schema changed"
+    if any(not table_exists(cfg, t) for t in GOLD_TABLES):
+        return "a gold table is missing"
+    for name in ("events", "catalog", "users"):
+        before, after = last["tables"].get(name), now["tables"].get(name)
+        if (before is None) != (after is None) or (before and (before["id"] != after["id"] or before["version"] > after["version"])):
+            return f"bronze table {name} was recreated"
+    cat_before, cat_now = last["tables"]["catalog"], now["tables"]["catalog"]
+    if cat_before["version"] != cat_now["version"]:
+        # New items, prices or categories move ids, price buckets and every profile that uses them.
+        cols = ["item_id", "title", "category", "brand", "price", "in_stock"]
+        try:
+            old = _read_version(spark, cfg, "catalog", cat_before["version"]).select(cols)
+        except Exception:  # noqa: BLE001 - an old version vacuumed away: rebuild
+            return "the catalogue's previous version is no longer readable"
+        if read_table(spark, cfg, "catalog").select(cols).exceptAll(old).limit(1).count():
+            return "the catalogue changed"
+    return None
+
+
+def _changed_keys(spark: SparkSession, cfg: Config, last: dict[str, Any], now: dict[str, Any]) -> tuple[DataFrame, DataFrame]:
+    """From the change data feed of ``events`` (and ``users``) since the last build: the
+    (item_id, event_date) pairs and the user ids whose rows were inserted, updated or deleted."""
+    ev_from, ev_to = last["tables"]["events"]["version"], now["tables"]["events"]["version"]
+    schema_pairs = "item_id string, event_date date"
+    if ev_to > ev_from:
+        changes = (
+            spark.read.format("delta").option("readChangeFeed", "true")
+            .option("startingVersion", ev_from + 1).option("endingVersion", ev_to)
+            .load(cfg.table_path("events")).select("user_id", "item_id", "event_date")
+        )
+    else:
+        changes = spark.createDataFrame([], f"user_id string, {schema_pairs}")
+    users = changes.select("user_id")
+    u_before, u_now = last["tables"].get("users"), now["tables"].get("users")
+    if u_now and u_now["version"] > u_before["version"]:
+        users = users.unionByName(
+            spark.read.format("delta").option("readChangeFeed", "true")
+            .option("startingVersion", u_before["version"] + 1).option("endingVersion", u_now["version"])
+            .load(cfg.table_path("users")).select("user_id")
+        )
+    pairs = changes.where(F.col("item_id").isNotNull()).select("item_id", "event_date").distinct().localCheckpoint()
+    return pairs, users.distinct().localCheckpoint()
+
+
+def _merge(spark: SparkSession, cfg: Config, name: str, source: DataFrame, keys: list[str]) -> None:
+    from delta.tables import DeltaTable
+
+    cond = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    DeltaTable.forPath(spark, cfg.table_path(name)).alias("t").merge(source.alias("s"), cond) \
+        .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+
+
+def _full_build(spark: SparkSession, cfg: Config, events: DataFrame, catalog: DataFrame,
+                users: DataFrame | None) -> dict[str, Any]:
+    previous = None
+    if table_exists(cfg, "item_profiles"):  # keep the ids a trained model knows
+        previous = read_table(spark, cfg, "item_profiles").select(
+            "item_id", "item_idx", "category", "category_idx", "brand", "brand_idx").localCheckpoint()
+    as_of = events.agg(F.max("event_date")).first()[0]
+    write_table(daily_item_counts(events), cfg, "item_daily_counts")
+    ids = catalog_ids(spark, cfg, catalog, previous)
+    items = assemble_item_profiles(ids, read_table(spark, cfg, "item_daily_counts"), item_user_counts(events), as_of)
     write_table(items, cfg, "item_profiles")
     items = read_table(spark, cfg, "item_profiles")
 
@@ -217,16 +376,96 @@ def build_profiles(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     profiles = build_user_profiles(spark, cfg, events, steps, users, items)
     write_table(profiles, cfg, "user_profiles")
     profiles = read_table(spark, cfg, "user_profiles")
+    write_table(build_training_examples(cfg, profiles), cfg, "training_examples", partition_by=["split"])
+    return {"as_of_date": str(as_of) if as_of else None}
 
-    examples = build_training_examples(cfg, profiles)
-    write_table(examples, cfg, "training_examples", partition_by=["split"])
+
+def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, catalog: DataFrame,
+                       users: DataFrame | None, last: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """MERGE only what the new events concern; gives the same tables as a full build."""
+    from delta.tables import DeltaTable
+
+    pairs, affected_users = _changed_keys(spark, cfg, last, now)
+    n_pairs = pairs.count()
+    as_of = events.agg(F.max("event_date")).first()[0]
+
+    # 1. Daily item counts: recompute the touched (item, day) cells from those days' partitions.
+    if n_pairs:
+        days = [r[0] for r in pairs.select("event_date").distinct().collect()]
+        fresh = daily_item_counts(events.where(F.col("event_date").isin(days)).join(F.broadcast(pairs), ["item_id", "event_date"], "left_semi"))
+        source = pairs.join(fresh, ["item_id", "event_date"], "left").fillna(0, list(COUNT_KINDS))
+        empty = " AND ".join(f"s.{c} = 0" for c in COUNT_KINDS)
+        DeltaTable.forPath(spark, cfg.table_path("item_daily_counts")).alias("t").merge(
+            source.alias("s"), "t.item_id = s.item_id AND t.event_date = s.event_date"
+        ).whenMatchedDelete(empty).whenMatchedUpdateAll().whenNotMatchedInsertAll(f"NOT ({empty})").execute()
+
+    # 2. Item profiles: distinct users again for touched items only; windows and ranks come
+    #    from the small daily table. Only rows whose values changed are written.
+    current = read_table(spark, cfg, "item_profiles").localCheckpoint()
+    touched = pairs.select("item_id").distinct()
+    user_counts = (
+        current.join(touched, "item_id", "left_anti").select("item_id", "users")
+        .unionByName(touched.join(item_user_counts(events.join(F.broadcast(touched), "item_id", "left_semi")), "item_id", "left")
+                     .fillna(0, ["users"]))
+    )
+    ids = current.select("item_id", "item_idx", "title", "category", "top_category", "category_idx", "brand",
+                         "brand_idx", "price", "price_bucket", "in_stock")
+    items = assemble_item_profiles(ids, read_table(spark, cfg, "item_daily_counts"), user_counts, as_of)
+    row_hash = F.xxhash64(*[F.col(c) for c in items.columns])
+    changed = (
+        items.withColumn("_h", row_hash).join(current.select("item_id", row_hash.alias("_old")), "item_id", "left")
+        .where(F.col("_old").isNull() | (F.col("_h") != F.col("_old"))).drop("_h", "_old").localCheckpoint()
+    )
+    changed_items = changed.count()
+    if changed_items:
+        _merge(spark, cfg, "item_profiles", changed, ["item_id"])
+
+    # 3. Users whose events (or demographics) changed: rebuild their rows from their events.
+    n_users = affected_users.count()
+    if n_users:
+        items = read_table(spark, cfg, "item_profiles")
+        ev = events.join(F.broadcast(affected_users), "user_id", "left_semi")
+        profiles = build_user_profiles(spark, cfg, ev, build_steps(ev, items), users, items).localCheckpoint()
+        _merge(spark, cfg, "user_profiles", profiles, ["user_id"])
+        _merge(spark, cfg, "training_examples", build_training_examples(cfg, profiles), ["user_id", "split"])
+    return {"as_of_date": str(as_of) if as_of else None, "affected_users": n_users,
+            "touched_item_days": n_pairs, "changed_item_rows": changed_items}
+
+
+def build_profiles(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str, Any]:
+    """Build the gold tables from bronze and return a report with their row counts.
+
+    After a first (full) build, each run reads the change data feed of ``events`` and
+    ``users`` since the versions the last build covered, and MERGEs only the users and items
+    those changes concern (``mode: incremental``). A full rebuild happens when asked
+    (``full=True``), on the first run, when the catalogue, the feature settings or the gold
+    schema changed, or when a bronze table was recreated (the report says why). Item, category
+    and brand ids survive rebuilds: new ones are appended after the known ones.
+    """
+    events = read_table(spark, cfg, "events")
+    catalog = read_table(spark, cfg, "catalog")
+    users = read_table(spark, cfg, "users") if table_exists(cfg, "users") else None
+    t0 = time.time()
+    now = {"fingerprint": _fingerprint(cfg),
+           "tables": {name: _delta_state(spark, cfg, name) for name in ("events", "catalog", "users")}}
+    last = _last_log(spark, cfg)
+    reason = "asked for a full build" if full else _why_full(spark, cfg, last, now)
+    if reason is None:
+        mode, detail = "incremental", _incremental_build(spark, cfg, events, catalog, users, last, now)
+    else:
+        mode, detail = "full", _full_build(spark, cfg, events, catalog, users)
+        detail["reason"] = reason
+    _write_log(spark, cfg, mode, now)  # last: a run killed before this point is simply redone
+
     examples = read_table(spark, cfg, "training_examples")
-
     by_split = {r["split"]: r["count"] for r in examples.groupBy("split").count().collect()}
     report = {
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "item_profiles": items.count(),
-        "user_profiles": profiles.count(),
+        "mode": mode,
+        "seconds": round(time.time() - t0, 2),
+        **detail,
+        "item_profiles": read_table(spark, cfg, "item_profiles").count(),
+        "user_profiles": read_table(spark, cfg, "user_profiles").count(),
         "training_examples": by_split,
     }
     write_report(cfg, "profiles", report)

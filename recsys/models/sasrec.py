@@ -102,11 +102,19 @@ class SASRec(nn.Module):
         B, L = items.shape
         if L > self.spec.max_len:
             raise ValueError(f"sequence length {L} > max_len {self.spec.max_len}")
-        pos = torch.arange(L, device=items.device)
+        # Positions count from the right (the newest step is always max_len - 1) and padding is
+        # masked out of attention, so a left-padded batch cut to its longest sequence
+        # (see trim_padding) gives exactly the same outputs, for less work.
+        pos = torch.arange(self.spec.max_len - L, self.spec.max_len, device=items.device)
         x = vectors[items] * math.sqrt(self.spec.hidden) + self.pos_emb(pos)[None] + self.type_emb(types)
-        keep = (items != 0).unsqueeze(-1)  # (B, L, 1): padding stays zero, as in SASRec
+        real = items != 0
+        keep = real.unsqueeze(-1)  # (B, L, 1): padding stays zero, as in SASRec
         x = self.emb_dropout(x) * keep
-        x = self.encoder(x, mask=self.causal[:L, :L], is_causal=True)
+        # A query sees earlier real steps; a padding query sees only itself (no empty softmax row).
+        diag = torch.eye(L, dtype=torch.bool, device=items.device)
+        allowed = ~self.causal[:L, :L] & (real[:, None, :] | diag)
+        mask = torch.zeros(B, L, L, device=items.device).masked_fill(~allowed, float("-inf"))
+        x = self.encoder(x, mask=mask.repeat_interleave(self.spec.heads, dim=0))
         return self.final_norm(x) * keep
 
     def forward(self, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -121,6 +129,14 @@ class SASRec(nn.Module):
         scores = h @ vectors.T
         scores[:, 0] = float("-inf")
         return scores
+
+
+def trim_padding(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Cut left-padded (B, L) tensors to the longest sequence in the batch (the first tensor's
+    non-zero columns); the model's outputs for the kept columns do not change."""
+    used = (tensors[0] != 0).any(dim=0).nonzero()
+    start = int(used[0]) if len(used) else tensors[0].shape[1] - 1
+    return tuple(t[:, start:] for t in tensors)
 
 
 def full_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -81,13 +81,17 @@ def recommend_partition(model_uri: str, tracking_uri: str, top_k: int, batch_siz
                     part = pdf.iloc[start:start + batch_size]
                     items = torch.from_numpy(pad_left(part["seq_item_idx"].tolist(), L))
                     types = torch.from_numpy(pad_left(part["seq_type_idx"].tolist(), L))
+                    # Items added to the catalogue after the model was trained are unknown to it.
+                    unknown = items > model.spec.num_items
+                    items, types = items.masked_fill(unknown, 0), types.masked_fill(unknown, 0)
                     h = model.encode(items, types, vectors)[:, -1]
                     scores = h @ vectors.T  # (B, N+1)
                     scores[:, 0] = float("-inf")
                     excluded = part["purchased_item_idx"] if exclude == "purchased" else part["seq_item_idx"]
                     for i, seen in enumerate(excluded.tolist()):
                         if seen is not None and len(seen):
-                            scores[i, torch.as_tensor(list(seen), dtype=torch.long)] = float("-inf")
+                            seen = torch.as_tensor(list(seen), dtype=torch.long)
+                            scores[i, seen[seen <= model.spec.num_items]] = float("-inf")
                     k = min(top_k, scores.shape[1] - 1)
                     top_scores, top_items = scores.topk(k, dim=1)  # (B, k)
                     # Explanation: the history item most similar (cosine of item vectors) to each pick.

@@ -126,6 +126,7 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         alias=cfg.tracking.alias,
         item_text=text,
         num_negatives=cfg.train.num_negatives,
+        length_buckets=cfg.train.length_buckets,
     )
     log.info("starting TorchDistributor: %d processes, local_mode=%s, use_gpu=%s", world, cfg.train.local_mode, cfg.train.use_gpu)
     t1 = time.time()

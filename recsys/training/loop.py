@@ -36,6 +36,7 @@ class TrainJob:
     alias: str = ""
     item_text: list[list[float]] | None = None
     num_negatives: int = 0  # 0 = full softmax
+    length_buckets: int = 0  # 0 = batches as they come
     extra_tags: dict = field(default_factory=dict)
 
 
@@ -64,6 +65,23 @@ def _lr_at(step: int, job: TrainJob, total: int) -> float:
     return job.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def length_bucketed(stream, pool: int, seed: int):
+    """Re-batch an endless stream of batches: pool ``pool`` of them, sort their rows by
+    sequence length (random among equal lengths), split into batches of the same sizes and
+    yield those in random order. Batches of similar length lose little to padding."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        got = [next(stream) for _ in range(pool)]
+        rows = {k: torch.cat([b[k] for b in got]) for k in got[0]}
+        length = (rows["input_items"] != 0).sum(1).double()
+        order = torch.argsort(length + torch.rand(len(length), generator=gen, dtype=torch.float64))
+        parts = torch.split(order, [len(b["input_items"]) for b in got])
+        for i in torch.randperm(len(parts), generator=gen).tolist():
+            yield {k: v[parts[i]] for k, v in rows.items()}
+
+
 def train_worker(job: TrainJob) -> dict:
     """Run on every rank. Returns the training summary (rank 0's reaches the driver)."""
     import torch
@@ -71,6 +89,7 @@ def train_worker(job: TrainJob) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from recsys.evaluation.metrics import metric_sums, target_ranks
+    from recsys.models.sasrec import trim_padding
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # petastorm on pyarrow 14
@@ -104,16 +123,17 @@ def train_worker(job: TrainJob) -> dict:
 
     def loss_fn(batch: dict) -> torch.Tensor:
         # Called through the DDP wrapper (when there is one) so its gradient all-reduce fires.
-        return net(batch["input_items"].to(device), batch["input_types"].to(device),
-                   batch["target_items"].to(device))
+        items, types, targets = trim_padding(batch["input_items"], batch["input_types"], batch["target_items"])
+        return net(items.to(device), types.to(device), targets.to(device))
 
     def validate() -> tuple[float, float]:
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64)
         with torch.no_grad():
             for b in job.validation.batches(512, rank, world, endless=False, shuffle=False):
-                items = b["input_items"].to(device)
-                scores = model(items, b["input_types"].to(device))
+                items, types = trim_padding(b["input_items"], b["input_types"])
+                items = items.to(device)
+                scores = model(items, types.to(device))
                 mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, items, True)
                 sums += metric_sums(target_ranks(scores, b["target"].to(device), mask).cpu(), 10)
         if distributed:
@@ -126,12 +146,13 @@ def train_worker(job: TrainJob) -> dict:
     best = {"ndcg": -1.0, "epoch": 0, "state": None}
     step, bad_epochs, t0 = 0, 0, time.time()
     stream = job.train.batches(job.batch_size, rank, world, endless=True, shuffle=True)
+    batches = length_bucketed(stream, job.length_buckets, job.seed + rank) if job.length_buckets > 0 else stream
     try:
         for epoch in range(1, job.epochs + 1):
             model.train()
             loss_sum, n = 0.0, 0
             for _ in range(steps_per_epoch):
-                batch = next(stream)
+                batch = next(batches)
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(step, job, total_steps)
                 loss = loss_fn(batch)

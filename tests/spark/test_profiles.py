@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 
 import pytest
+from pyspark.sql import functions as F
 
-from recsys.features.profiles import build_profiles
+from recsys.datagen import generate_shop
+from recsys.features.profiles import GOLD_TABLES, build_profiles
+from recsys.ingest.pipeline import ingest
 from recsys.tables import read_table, write_table
 
 pytestmark = pytest.mark.spark
@@ -24,7 +28,7 @@ def bronze(spark, cfg, events):
     df = spark.createDataFrame(
         rows, "event_id string, ts timestamp, user_id string, session_id string, event_type string, item_id string, "
               "query string, price double, quantity int")
-    write_table(df, cfg, "events")
+    write_table(df.withColumn("event_date", F.to_date("ts")), cfg, "events")
 
 
 def test_steps_and_leave_one_out(spark, cfg):
@@ -79,3 +83,61 @@ def test_item_profiles_rates_and_indices(spark, cfg):
     assert {r["price_bucket"] for r in items.values()} <= set(range(1, cfg.features.price_buckets + 1))
     # every event is within the last day of the newest one: windowed counts equal totals
     assert (i1["views_1d"], i1["clicks_7d"], i1["views_30d"]) == (2, 1, 2)
+
+
+def _same_rows(a, b) -> bool:
+    return a.exceptAll(b).limit(1).count() == 0 and b.exceptAll(a).limit(1).count() == 0
+
+
+def test_incremental_build_touches_only_new_users_and_equals_a_full_rebuild(spark, cfg):
+    landing = cfg.lakehouse.landing_path
+    generate_shop(landing, users=120, items=50, days=6, seed=3, malformed_rate=0.0)
+    files = sorted((landing / "events").glob("*.jsonl"))
+    held = landing.parent / "held"
+    held.mkdir()
+    for f in files[-2:]:
+        shutil.move(str(f), held / f.name)
+    ingest(spark, cfg)
+    first = build_profiles(spark, cfg)
+    assert first["mode"] == "full" and first["reason"] == "no earlier build"
+    ids_before = {r["item_id"]: r["item_idx"] for r in read_table(spark, cfg, "item_profiles").collect()}
+
+    assert build_profiles(spark, cfg)["affected_users"] == 0  # nothing new: nothing touched
+
+    # The newest day arrives, then the day before it (late events, behind the newest date).
+    for f in (files[-1], files[-2]):
+        shutil.move(str(held / f.name), f)
+        ingest(spark, cfg)
+        new_users = read_table(spark, cfg, "events").where(F.col("event_date") == f.stem[-10:]).select("user_id").distinct().count()
+        rep = build_profiles(spark, cfg)
+        assert rep["mode"] == "incremental"
+        assert rep["affected_users"] == new_users < rep["user_profiles"]
+    assert {r["item_id"]: r["item_idx"] for r in read_table(spark, cfg, "item_profiles").collect()} == ids_before
+
+    incremental = {t: spark.read.format("delta").load(cfg.table_path(t)).localCheckpoint() for t in GOLD_TABLES}
+    assert build_profiles(spark, cfg, full=True)["mode"] == "full"
+    for t in GOLD_TABLES:
+        assert _same_rows(incremental[t], read_table(spark, cfg, t)), f"{t} differs from a full rebuild"
+
+
+def test_validation_share_turns_other_users_validation_step_into_training(spark, tmp_path):
+    from recsys.features.profiles import validation_user
+
+    from ..conftest import make_config
+
+    cfg = make_config(tmp_path / "lakehouse", "features.validation_share=0.5")
+    users = [f"u{k}" for k in range(20)]
+    bronze(spark, cfg, [(u, "view", f"i{j}") for u in users for j in range(1, 6)])
+    build_profiles(spark, cfg)
+    holdout = {r["user_id"]: r["h"] for r in spark.createDataFrame([(u,) for u in users], "user_id string")
+               .select("user_id", validation_user(0.5).alias("h")).collect()}
+    assert 3 <= sum(holdout.values()) <= 17  # a sample, not all or none
+    items = {r["item_id"]: r["item_idx"] for r in read_table(spark, cfg, "item_profiles").collect()}
+    idx = [items[f"i{j}"] for j in range(1, 6)]
+    ex = read_table(spark, cfg, "training_examples").collect()
+    for u in users:
+        rows = {r["split"]: r for r in ex if r["user_id"] == u}
+        assert ("validation" in rows) == holdout[u]
+        last_train_target = [t for t in rows["train"]["target_items"] if t][-1]
+        assert last_train_target == (idx[2] if holdout[u] else idx[3])  # step n-1 trains the non-holdout users
+        assert rows["test"]["target"] == idx[4]

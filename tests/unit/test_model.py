@@ -121,3 +121,16 @@ def test_forward_switches_to_sampled_softmax():
     assert torch.allclose(sampled, sampled_softmax_loss(m, items, types, targets, 5))
     # fewer classes than the full catalogue: the sampled loss is the smaller one here
     assert sampled < full
+
+
+def test_cutting_padding_changes_nothing():
+    from recsys.models.sasrec import trim_padding
+
+    m = make().eval()
+    items, types = batch()
+    cut_items, cut_types = trim_padding(items, types)
+    assert cut_items.shape == (2, 5)
+    with torch.no_grad():
+        full, cut = m.encode(items, types), m.encode(cut_items, cut_types)
+        assert torch.allclose(full[:, -5:], cut, atol=1e-5)
+        assert torch.allclose(m(items, types)[:, 1:], m(cut_items, cut_types)[:, 1:], atol=1e-5)
