@@ -257,6 +257,19 @@ def build_training_examples(cfg: Config, profiles: DataFrame) -> DataFrame:
 
 # --- orchestration: full and incremental builds -----------------------------------------------
 
+class _Steps:
+    """Wall seconds per named step, for the report (where does a build spend its time?)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.time()
+
+    def done(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name] = round(now - self._t, 2)
+        self._t = now
+
+
 # Bump when the gold tables' definitions change: the next run rebuilds them in full.
 GOLD_SCHEMA_VERSION = 2
 GOLD_TABLES = ("item_daily_counts", "item_profiles", "user_profiles", "training_examples")
@@ -326,19 +339,21 @@ def _why_full(spark: SparkSession, cfg: Config, last: dict[str, Any] | None, now
     return None
 
 
-def _changed_keys(spark: SparkSession, cfg: Config, last: dict[str, Any], now: dict[str, Any]) -> tuple[DataFrame, DataFrame]:
-    """From the change data feed of ``events`` (and ``users``) since the last build: the
-    (item_id, event_date) pairs and the user ids whose rows were inserted, updated or deleted."""
+def _changes(spark: SparkSession, cfg: Config, last: dict[str, Any], now: dict[str, Any]) -> tuple[DataFrame, DataFrame]:
+    """From the change data feed since the last build: the changed ``events`` rows
+    (event_id, user_id, item_id, event_date, _change_type) and the affected user ids (those
+    of changed events and of changed ``users`` rows)."""
     ev_from, ev_to = last["tables"]["events"]["version"], now["tables"]["events"]["version"]
-    schema_pairs = "item_id string, event_date date"
+    cols = "event_id string, user_id string, item_id string, event_date date, _change_type string"
     if ev_to > ev_from:
         changes = (
             spark.read.format("delta").option("readChangeFeed", "true")
             .option("startingVersion", ev_from + 1).option("endingVersion", ev_to)
-            .load(cfg.table_path("events")).select("user_id", "item_id", "event_date")
+            .load(cfg.table_path("events")).select("event_id", "user_id", "item_id", "event_date", "_change_type")
         )
     else:
-        changes = spark.createDataFrame([], f"user_id string, {schema_pairs}")
+        changes = spark.createDataFrame([], cols)
+    changes = changes.localCheckpoint()
     users = changes.select("user_id")
     u_before, u_now = last["tables"].get("users"), now["tables"].get("users")
     if u_now and u_now["version"] > u_before["version"]:
@@ -347,8 +362,28 @@ def _changed_keys(spark: SparkSession, cfg: Config, last: dict[str, Any], now: d
             .option("startingVersion", u_before["version"] + 1).option("endingVersion", u_now["version"])
             .load(cfg.table_path("users")).select("user_id")
         )
-    pairs = changes.where(F.col("item_id").isNotNull()).select("item_id", "event_date").distinct().localCheckpoint()
-    return pairs, users.distinct().localCheckpoint()
+    return changes, users.distinct().localCheckpoint()
+
+
+def _user_count_change(ev: DataFrame, changes: DataFrame) -> DataFrame:
+    """(item_id, delta): how the number of distinct users of each item changed.
+
+    ``ev`` holds every current event of the affected users, so an item's users among them now
+    minus before (``ev`` without the inserted rows, plus the deleted ones) is the item's whole
+    change: no other user's events moved.
+    """
+    added = changes.where(F.col("_change_type").isin("insert", "update_postimage")).select("event_id")
+    removed = changes.where(F.col("_change_type").isin("delete", "update_preimage")).select("item_id", "user_id")
+    now = ev.select("item_id", "user_id")
+    before = ev.join(added, "event_id", "left_anti").select("item_id", "user_id").unionByName(removed)
+
+    def per_item(pairs: DataFrame, name: str) -> DataFrame:
+        return pairs.where(F.col("item_id").isNotNull()).distinct().groupBy("item_id").agg(F.count("*").alias(name))
+
+    return (
+        per_item(now, "_now").join(per_item(before, "_before"), "item_id", "full")
+        .select("item_id", (F.coalesce("_now", F.lit(0)) - F.coalesce("_before", F.lit(0))).alias("delta"))
+    )
 
 
 def _merge(spark: SparkSession, cfg: Config, name: str, source: DataFrame, keys: list[str]) -> None:
@@ -360,34 +395,43 @@ def _merge(spark: SparkSession, cfg: Config, name: str, source: DataFrame, keys:
 
 
 def _full_build(spark: SparkSession, cfg: Config, events: DataFrame, catalog: DataFrame,
-                users: DataFrame | None) -> dict[str, Any]:
+                users: DataFrame | None, steps_t: _Steps) -> dict[str, Any]:
     previous = None
     if table_exists(cfg, "item_profiles"):  # keep the ids a trained model knows
         previous = read_table(spark, cfg, "item_profiles").select(
             "item_id", "item_idx", "category", "category_idx", "brand", "brand_idx").localCheckpoint()
     as_of = events.agg(F.max("event_date")).first()[0]
     write_table(daily_item_counts(events), cfg, "item_daily_counts")
+    steps_t.done("item_daily_counts")
     ids = catalog_ids(spark, cfg, catalog, previous)
     items = assemble_item_profiles(ids, read_table(spark, cfg, "item_daily_counts"), item_user_counts(events), as_of)
     write_table(items, cfg, "item_profiles")
     items = read_table(spark, cfg, "item_profiles")
+    steps_t.done("item_profiles")
 
-    steps = build_steps(events, items)
+    steps = build_steps(events, items).localCheckpoint()  # read four times below
     profiles = build_user_profiles(spark, cfg, events, steps, users, items)
     write_table(profiles, cfg, "user_profiles")
     profiles = read_table(spark, cfg, "user_profiles")
+    steps_t.done("user_profiles")
     write_table(build_training_examples(cfg, profiles), cfg, "training_examples", partition_by=["split"])
+    steps_t.done("training_examples")
     return {"as_of_date": str(as_of) if as_of else None}
 
 
 def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, catalog: DataFrame,
-                       users: DataFrame | None, last: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+                       users: DataFrame | None, last: dict[str, Any], now: dict[str, Any],
+                       steps_t: _Steps) -> dict[str, Any]:
     """MERGE only what the new events concern; gives the same tables as a full build."""
     from delta.tables import DeltaTable
 
-    pairs, affected_users = _changed_keys(spark, cfg, last, now)
-    n_pairs = pairs.count()
+    changes, affected_users = _changes(spark, cfg, last, now)
+    pairs = changes.where(F.col("item_id").isNotNull()).select("item_id", "event_date").distinct().localCheckpoint()
+    n_pairs, n_users = pairs.count(), affected_users.count()
     as_of = events.agg(F.max("event_date")).first()[0]
+    # Every current event of the affected users: read once, used for items and users alike.
+    ev = events.join(F.broadcast(affected_users), "user_id", "left_semi").localCheckpoint()
+    steps_t.done("change_feed")
 
     # 1. Daily item counts: recompute the touched (item, day) cells from those days' partitions.
     if n_pairs:
@@ -398,15 +442,14 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
         DeltaTable.forPath(spark, cfg.table_path("item_daily_counts")).alias("t").merge(
             source.alias("s"), "t.item_id = s.item_id AND t.event_date = s.event_date"
         ).whenMatchedDelete(empty).whenMatchedUpdateAll().whenNotMatchedInsertAll(f"NOT ({empty})").execute()
+    steps_t.done("item_daily_counts")
 
-    # 2. Item profiles: distinct users again for touched items only; windows and ranks come
-    #    from the small daily table. Only rows whose values changed are written.
+    # 2. Item profiles: distinct users move by the affected users' change only; windows and
+    #    ranks come from the small daily table. Only rows whose values changed are written.
     current = read_table(spark, cfg, "item_profiles").localCheckpoint()
-    touched = pairs.select("item_id").distinct()
     user_counts = (
-        current.join(touched, "item_id", "left_anti").select("item_id", "users")
-        .unionByName(touched.join(item_user_counts(events.join(F.broadcast(touched), "item_id", "left_semi")), "item_id", "left")
-                     .fillna(0, ["users"]))
+        current.select("item_id", "users").join(_user_count_change(ev, changes), "item_id", "left")
+        .select("item_id", (F.col("users") + F.coalesce("delta", F.lit(0))).alias("users"))
     )
     ids = current.select("item_id", "item_idx", "title", "category", "top_category", "category_idx", "brand",
                          "brand_idx", "price", "price_bucket", "in_stock")
@@ -419,15 +462,18 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
     changed_items = changed.count()
     if changed_items:
         _merge(spark, cfg, "item_profiles", changed, ["item_id"])
+    steps_t.done("item_profiles")
 
     # 3. Users whose events (or demographics) changed: rebuild their rows from their events.
-    n_users = affected_users.count()
     if n_users:
         items = read_table(spark, cfg, "item_profiles")
-        ev = events.join(F.broadcast(affected_users), "user_id", "left_semi")
-        profiles = build_user_profiles(spark, cfg, ev, build_steps(ev, items), users, items).localCheckpoint()
+        steps = build_steps(ev, items).localCheckpoint()
+        profiles = build_user_profiles(spark, cfg, ev, steps, users, items).localCheckpoint()
+        steps_t.done("user_rows")
         _merge(spark, cfg, "user_profiles", profiles, ["user_id"])
+        steps_t.done("user_profiles")
         _merge(spark, cfg, "training_examples", build_training_examples(cfg, profiles), ["user_id", "split"])
+        steps_t.done("training_examples")
     return {"as_of_date": str(as_of) if as_of else None, "affected_users": n_users,
             "touched_item_days": n_pairs, "changed_item_rows": changed_items}
 
@@ -446,16 +492,19 @@ def build_profiles(spark: SparkSession, cfg: Config, *, full: bool = False) -> d
     catalog = read_table(spark, cfg, "catalog")
     users = read_table(spark, cfg, "users") if table_exists(cfg, "users") else None
     t0 = time.time()
+    steps_t = _Steps()
     now = {"fingerprint": _fingerprint(cfg),
            "tables": {name: _delta_state(spark, cfg, name) for name in ("events", "catalog", "users")}}
     last = _last_log(spark, cfg)
     reason = "asked for a full build" if full else _why_full(spark, cfg, last, now)
+    steps_t.done("plan")
     if reason is None:
-        mode, detail = "incremental", _incremental_build(spark, cfg, events, catalog, users, last, now)
+        mode, detail = "incremental", _incremental_build(spark, cfg, events, catalog, users, last, now, steps_t)
     else:
-        mode, detail = "full", _full_build(spark, cfg, events, catalog, users)
+        mode, detail = "full", _full_build(spark, cfg, events, catalog, users, steps_t)
         detail["reason"] = reason
     _write_log(spark, cfg, mode, now)  # last: a run killed before this point is simply redone
+    steps_t.done("log")
 
     examples = read_table(spark, cfg, "training_examples")
     by_split = {r["split"]: r["count"] for r in examples.groupBy("split").count().collect()}
@@ -463,6 +512,7 @@ def build_profiles(spark: SparkSession, cfg: Config, *, full: bool = False) -> d
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "mode": mode,
         "seconds": round(time.time() - t0, 2),
+        "step_seconds": steps_t.seconds,
         **detail,
         "item_profiles": read_table(spark, cfg, "item_profiles").count(),
         "user_profiles": read_table(spark, cfg, "user_profiles").count(),
