@@ -65,6 +65,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import _machine  # bench/ is on sys.path when a benchmark runs as a script
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -94,20 +96,9 @@ def loadavg() -> list[float] | None:
 def machine_info() -> dict[str, Any]:
     import psutil
 
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+    cpu_model, usable = _machine.cpu_model(), _machine.usable_cores()
     vm = psutil.virtual_memory()
-    return {"cores": os.cpu_count(), "cores_usable": usable, "cpu_model": cpu_model or platform.processor() or None,
+    return {"cores": os.cpu_count(), "cores_usable": usable, "cpu_model": cpu_model,
             "mem_total_gib": round(vm.total / 2**30, 1), "mem_available_gib_at_start": round(vm.available / 2**30, 1),
             "platform": platform.platform(), "python": platform.python_version()}
 

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _machine  # bench/ is on sys.path when a benchmark runs as a script
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -116,19 +118,8 @@ def published_for(dataset: Path) -> dict[str, Any] | None:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        nproc = os.cpu_count()
-    info: dict[str, Any] = {"nproc": nproc, "cpu_model": cpu_model or platform.processor() or None,
+    cpu_model, nproc = _machine.cpu_model(), _machine.usable_cores()
+    info: dict[str, Any] = {"nproc": nproc, "cpu_model": cpu_model,
                             "platform": platform.platform(), "python": platform.python_version()}
     try:
         info["mem_total_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
