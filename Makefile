@@ -28,7 +28,7 @@ demo: setup
 	$(VENV)/bin/recsys demo --config $(CONFIG) $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not e2e" $(ARGS)

@@ -200,7 +200,7 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"  {('published ' + pub['model'].split(' (')[0])[:22]:<22}{cells}")
     t = result["training"]
     lines += ["",
-              f"training: {t['epochs_run']} epochs run, best epoch {t['best_epoch']} "
+              f"training: {t['epochs_run']} epochs run (stopped by {t.get('stopped_by')}), best epoch {t['best_epoch']} "
               f"(validation NDCG@10 {t['best_val_ndcg_at_10']:.4f}), loop {t['train_seconds']:.0f}s, "
               f"train stage {t['stage_seconds']:.0f}s, world size {t.get('world_size')}"]
     if t.get("history"):
@@ -333,6 +333,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "train_seconds": trained.get("train_seconds"),
             "stage_seconds": timings["train"],
             "epochs_run": trained.get("epochs_run"),
+            "stopped_by": trained.get("stopped_by"),
             "best_epoch": trained.get("best_epoch"),
             "best_val_ndcg_at_10": trained.get("best_val_ndcg_at_10"),
             "world_size": trained.get("world_size"),

@@ -107,7 +107,7 @@ class FeaturesConfig:
     full_rebuild: bool = False  # true: rebuild every gold table instead of MERGEing what changed
     # Share of users whose second-to-last step is the validation target; for the others it is
     # one more training target (1.0 = every user validates, the classic split).
-    validation_share: float = 1.0
+    validation_share: float = 0.2
 
     def __post_init__(self) -> None:
         if self.max_seq_len < 2:
@@ -122,10 +122,10 @@ class FeaturesConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    hidden: int = 64
+    hidden: int = 128
     blocks: int = 2
     heads: int = 1
-    dropout: float = 0.2
+    dropout: float = 0.5
     side_features: bool = True
     text_features: bool = True  # add the projected item text embedding when item_text_embeddings exists
 
@@ -147,18 +147,21 @@ class TrainConfig:
     num_processes: int = 2
     local_mode: bool = False
     use_gpu: bool = False
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 50
-    patience: int = 3  # epochs without validation NDCG@10 improvement before stopping
+    patience: int = 5  # epochs without validation NDCG@10 improvement before stopping
     seed: int = 42
     torch_threads: int = 1
     num_negatives: int = 0  # 0: full-catalogue softmax; K > 0: sampled softmax with K negatives
     length_buckets: int = 32  # batches pooled, sorted by length and cut to their longest sequence; 0 = off
+    max_minutes: float = 30.0  # stop after the epoch that passes this training time (best epoch kept); 0 = no limit
 
     def __post_init__(self) -> None:
+        if self.max_minutes < 0:
+            raise ConfigError("train.max_minutes must be >= 0 (0 = no limit)")
         if self.length_buckets < 0:
             raise ConfigError("train.length_buckets must be >= 0 (0 = off)")
         if self.num_negatives < 0:
@@ -167,6 +170,8 @@ class TrainConfig:
             raise ConfigError("train.num_processes must be >= 1")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
+        if self.batch_size < self.num_processes:
+            raise ConfigError("train.batch_size is the global batch: it must be >= train.num_processes")
         if self.lr <= 0:
             raise ConfigError("train.lr must be > 0")
 

@@ -16,6 +16,29 @@ from torch import nn
 from torch.nn import functional as F
 
 
+class ByteDropout(nn.Module):
+    """Dropout whose mask comes from random bytes: ``p`` is rounded to a multiple of 1/256.
+
+    On the CPU, ``nn.Dropout`` draws one Bernoulli number per element and took a quarter of
+    a training step; a byte per element is about three times faster. Same contract: identity
+    in eval mode, kept values scaled by 1 / (1 - p) in training.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.cut = min(255, round(p * 256))  # drop a value when its byte is below cut
+        self.p = self.cut / 256
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.cut == 0:
+            return x
+        keep = torch.randint(0, 256, x.shape, dtype=torch.uint8, device=x.device) >= self.cut
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 @dataclass(frozen=True)
 class SASRecSpec:
     """Everything needed to rebuild the network (stored with the model)."""
@@ -65,12 +88,14 @@ class SASRec(nn.Module):
                 raise ValueError(f"item_text must be a ({n}, {spec.text_dim}) tensor when text_dim>0")
             self.register_buffer("item_text", item_text.float().clone(), persistent=True)
             self.text_proj = nn.Linear(spec.text_dim, h, bias=False)
-        self.emb_dropout = nn.Dropout(spec.dropout)
+        self.emb_dropout = ByteDropout(spec.dropout)
         layer = nn.TransformerEncoderLayer(
             d_model=h, nhead=spec.heads, dim_feedforward=h * 4 if h < 128 else h * 2,
             dropout=spec.dropout, activation="gelu", batch_first=True, norm_first=True,
         )
         self.encoder = nn.TransformerEncoder(layer, num_layers=spec.blocks, enable_nested_tensor=False)
+        for block in self.encoder.layers:  # no parameters, so saved weights are unaffected
+            block.dropout, block.dropout1, block.dropout2 = (ByteDropout(spec.dropout) for _ in range(3))
         self.final_norm = nn.LayerNorm(h)
         # 0: full-catalogue softmax; K > 0: sampled softmax over K shared negatives (large catalogues).
         self.num_negatives = 0

@@ -127,6 +127,7 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         item_text=text,
         num_negatives=cfg.train.num_negatives,
         length_buckets=cfg.train.length_buckets,
+        max_seconds=cfg.train.max_minutes * 60.0,
     )
     log.info("starting TorchDistributor: %d processes, local_mode=%s, use_gpu=%s", world, cfg.train.local_mode, cfg.train.use_gpu)
     t1 = time.time()

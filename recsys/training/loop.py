@@ -22,7 +22,7 @@ class TrainJob:
     train: Any  # ShardedExamples
     validation: Any  # ShardedExamples
     epochs: int
-    batch_size: int
+    batch_size: int  # global: each of the world's ranks takes batch_size // world rows per step
     lr: float
     weight_decay: float
     warmup_steps: int
@@ -37,6 +37,7 @@ class TrainJob:
     item_text: list[list[float]] | None = None
     num_negatives: int = 0  # 0 = full softmax
     length_buckets: int = 0  # 0 = batches as they come
+    max_seconds: float = 0.0  # 0 = no time limit
     extra_tags: dict = field(default_factory=dict)
 
 
@@ -107,7 +108,10 @@ def train_worker(job: TrainJob) -> dict:
     model.num_negatives = job.num_negatives
     net = DDP(model) if distributed else model
     opt = torch.optim.AdamW(model.parameters(), lr=job.lr, weight_decay=job.weight_decay, betas=(0.9, 0.98))
-    steps_per_epoch = max(1, math.ceil(job.train.rows / (job.batch_size * world)))
+    # batch_size is the global batch, so the optimisation (and the learning rate that suits
+    # it) does not change with the number of processes.
+    rank_batch = max(1, job.batch_size // world)
+    steps_per_epoch = max(1, math.ceil(job.train.rows / (rank_batch * world)))
     total_steps = steps_per_epoch * job.epochs
 
     mlflow = None
@@ -144,8 +148,14 @@ def train_worker(job: TrainJob) -> dict:
 
     history: list[dict] = []
     best = {"ndcg": -1.0, "epoch": 0, "state": None}
-    step, bad_epochs, t0 = 0, 0, time.time()
-    stream = job.train.batches(job.batch_size, rank, world, endless=True, shuffle=True)
+    def out_of_time() -> bool:
+        over = torch.tensor([float(job.max_seconds > 0 and time.time() - t0 >= job.max_seconds)])
+        if distributed:
+            dist.all_reduce(over, op=dist.ReduceOp.MAX)  # every rank stops after the same epoch
+        return bool(over.item())
+
+    step, bad_epochs, t0, stopped_by = 0, 0, time.time(), "epochs"
+    stream = job.train.batches(rank_batch, rank, world, endless=True, shuffle=True)
     batches = length_bucketed(stream, job.length_buckets, job.seed + rank) if job.length_buckets > 0 else stream
     try:
         for epoch in range(1, job.epochs + 1):
@@ -176,12 +186,18 @@ def train_worker(job: TrainJob) -> dict:
             else:
                 bad_epochs += 1
                 if bad_epochs >= job.patience:  # same decision on every rank: ndcg was all-reduced
+                    stopped_by = "patience"
                     break
+            if epoch < job.epochs and out_of_time():
+                stopped_by = "time"
+                break
     finally:
         stream.close()
 
     summary: dict[str, Any] = {
         "epochs_run": len(history),
+        "stopped_by": stopped_by,
+        "rank_batch_size": rank_batch,
         "best_epoch": best["epoch"],
         "best_val_ndcg_at_10": best["ndcg"],
         "train_seconds": time.time() - t0,
@@ -206,6 +222,7 @@ def _log_model(mlflow, model, job: TrainJob, summary: dict) -> dict:
     """Log the best model to the run, register it and point the alias at the new version."""
     mlflow.log_metrics({"best_val_ndcg_at_10": summary["best_val_ndcg_at_10"], "best_epoch": summary["best_epoch"],
                         "train_seconds": summary["train_seconds"], "epochs_run": summary["epochs_run"]})
+    mlflow.set_tag("stopped_by", summary["stopped_by"])
     mlflow.log_dict(job.spec, "model_spec.json")
     info = mlflow.pytorch.log_model(
         model, name="model", serialization_format="pickle", registered_model_name=job.model_name or None,

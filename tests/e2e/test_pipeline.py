@@ -59,6 +59,7 @@ def test_demo_end_to_end(spark, tmp_path):
     hist = client.get_metric_history(run.info.run_id, "val_ndcg_at_10")
     assert [h.step for h in hist] == [1, 2]
     assert "test_model_ndcg_at_10" in run.data.metrics  # evaluation logged to the training run
+    assert run.data.tags["stopped_by"] == "epochs"  # 2 epochs, patience 5, 30 minutes
     mv = client.get_model_version_by_alias(cfg.tracking.model_name, cfg.tracking.alias)
     assert str(mv.version) == "1" and mv.run_id == run.info.run_id
 
@@ -101,13 +102,18 @@ def test_demo_end_to_end(spark, tmp_path):
 def test_notebook_runs_as_plain_python(spark, tmp_path, monkeypatch):
     root = tmp_path / "nb"
     monkeypatch.setenv("RECSYS_CONFIG", str(ROOT / "conf" / "local.yaml"))
-    monkeypatch.setenv("RECSYS_OVERRIDES", " ".join([f"lakehouse.root={root}", *TINY, "train.epochs=1",
+    # A time budget far below one epoch: training stops after its first epoch, on every rank.
+    monkeypatch.setenv("RECSYS_OVERRIDES", " ".join([f"lakehouse.root={root}", *TINY, "train.epochs=5",
+                                                      "train.max_minutes=0.001", "train.batch_size=64",
                                                       "features.text_embeddings=false"]))
     nb = ROOT / "notebooks" / "recsys_pipeline.py"
     assert nb.read_text().splitlines()[0] == "# Databricks notebook source"
     runpy.run_path(str(nb), run_name="__main__")
     cfg = make_config(root)
     assert read_table(spark, cfg, "recommendations").count() > 0
+    [report] = [json.loads(p.read_text()) for p in cfg.lakehouse.reports_path.glob("train-*.json")]
+    assert (report["epochs_run"], report["stopped_by"]) == (1, "time")
+    assert report["world_size"] == 2 and report["rank_batch_size"] == 32  # batch_size is the global batch
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

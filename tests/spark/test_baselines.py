@@ -54,7 +54,8 @@ def write_tables(spark, cfg, steps: dict[str, list[int]], num_items: int) -> Non
 def test_baselines_on_planted_pattern(spark, tmp_path):
     import mlflow
 
-    cfg = make_config(tmp_path / "lh", "features.max_seq_len=12", "evaluation.baselines=[popularity, cooccurrence, als]",
+    cfg = make_config(tmp_path / "lh", "features.max_seq_len=12", "features.validation_share=1.0",  # classic split
+                      "evaluation.baselines=[popularity, cooccurrence, als]",
                       "evaluation.als_rank=4", "evaluation.als_max_iter=3", "evaluation.ks=[10, 20]")
     write_tables(spark, cfg, planted_steps(), NUM_ITEMS)
 

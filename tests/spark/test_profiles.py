@@ -31,7 +31,10 @@ def bronze(spark, cfg, events):
     write_table(df.withColumn("event_date", F.to_date("ts")), cfg, "events")
 
 
-def test_steps_and_leave_one_out(spark, cfg):
+def test_steps_and_leave_one_out(spark, tmp_path):
+    from ..conftest import make_config
+
+    cfg = make_config(tmp_path / "lakehouse", "features.validation_share=1.0")  # the classic split
     events = [
         ("u1", "view", "i1"), ("u1", "click", "i1"), ("u1", "add_to_cart", "i1"),  # step 1: i1, add_to_cart
         ("u1", "view", "i2"),                                                      # step 2

@@ -39,6 +39,8 @@ def test_derived_locations(tmp_path):
         ("env=prod", "allowed values: local, cluster, databricks"),
         ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
         ("model.heads=3", "model.hidden must be divisible by model.heads"),
+        ("train.max_minutes=-1", "train.max_minutes must be >= 0"),
+        ("train.batch_size=1", "train.batch_size is the global batch: it must be >= train.num_processes"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):
@@ -68,6 +70,6 @@ def test_replace_checks_like_load():
 
 def test_flat_dict_for_mlflow():
     flat = load_config(CONF / "local.yaml").to_flat_dict()
-    assert flat["train.epochs"] == 20
+    assert flat["train.epochs"] == 30 and flat["train.max_minutes"] == 30
     assert flat["env"] == "local"
     assert all(isinstance(k, str) for k in flat)

@@ -134,3 +134,22 @@ def test_cutting_padding_changes_nothing():
         full, cut = m.encode(items, types), m.encode(cut_items, cut_types)
         assert torch.allclose(full[:, -5:], cut, atol=1e-5)
         assert torch.allclose(m(items, types)[:, 1:], m(cut_items, cut_types)[:, 1:], atol=1e-5)
+
+
+def test_byte_dropout_drops_p_and_keeps_the_mean():
+    from recsys.models.sasrec import ByteDropout
+    torch.manual_seed(0)
+    d = ByteDropout(0.5)
+    x = torch.ones(200_000)
+    y = d(x)
+    assert abs((y == 0).float().mean().item() - 0.5) < 0.01
+    assert abs(y.mean().item() - 1.0) < 0.02
+    assert set(torch.unique(y).tolist()) == {0.0, 2.0}
+    d.eval()
+    assert torch.equal(d(x), x)
+    assert ByteDropout(0.0)(x) is x
+    torch.manual_seed(0)
+    m = SASRec(SASRecSpec(num_items=5, max_len=4, hidden=8, dropout=0.3))
+    drops = [mod for mod in m.modules() if isinstance(mod, ByteDropout)]
+    assert len(drops) == 1 + 3 * m.spec.blocks and all(abs(mod.p - 0.3) < 1 / 256 for mod in drops)
+    assert not any(isinstance(mod, torch.nn.Dropout) for mod in m.modules())
