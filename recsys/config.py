@@ -170,8 +170,9 @@ class TrainConfig:
             raise ConfigError("train.num_processes must be >= 1")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
-        if self.batch_size < self.num_processes:
-            raise ConfigError("train.batch_size is the global batch: it must be >= train.num_processes")
+        if self.batch_size % self.num_processes:
+            raise ConfigError(f"train.batch_size is the global batch: it must be a multiple of train.num_processes "
+                              f"({self.num_processes}), got {self.batch_size}")
         if self.lr <= 0:
             raise ConfigError("train.lr must be > 0")
 

@@ -140,8 +140,10 @@ def train_worker(job: TrainJob) -> dict:
                 scores = model(items, types.to(device))
                 mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, items, True)
                 sums += metric_sums(target_ranks(scores, b["target"].to(device), mask).cpu(), 10)
-        if distributed:
+        if distributed:  # on the device: NCCL reduces GPU tensors only
+            sums = sums.to(device)
             dist.all_reduce(sums)
+            sums = sums.cpu()
         model.train()
         n = max(sums[2].item(), 1.0)
         return sums[1].item() / n, sums[0].item() / n
@@ -149,8 +151,8 @@ def train_worker(job: TrainJob) -> dict:
     history: list[dict] = []
     best = {"ndcg": -1.0, "epoch": 0, "state": None}
     def out_of_time() -> bool:
-        over = torch.tensor([float(job.max_seconds > 0 and time.time() - t0 >= job.max_seconds)])
-        if distributed:
+        over = torch.tensor([float(job.max_seconds > 0 and time.time() - t0 >= job.max_seconds)], device=device)
+        if distributed:  # on the device: NCCL reduces GPU tensors only
             dist.all_reduce(over, op=dist.ReduceOp.MAX)  # every rank stops after the same epoch
         return bool(over.item())
 

@@ -40,7 +40,7 @@ def test_derived_locations(tmp_path):
         ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
         ("model.heads=3", "model.hidden must be divisible by model.heads"),
         ("train.max_minutes=-1", "train.max_minutes must be >= 0"),
-        ("train.batch_size=1", "train.batch_size is the global batch: it must be >= train.num_processes"),
+        ("train.batch_size=129", "train.batch_size is the global batch: it must be a multiple of train.num_processes (2)"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):
