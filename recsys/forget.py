@@ -6,11 +6,16 @@ gold (``user_profiles``, ``training_examples``, ``recommendations``) and, for qu
 whose raw text could not be parsed into a user id, rows whose raw text holds the raw id.
 The deletion is recorded in the ``forget_audit`` table with the pseudonym only.
 
-Delta keeps the deleted rows in older files for time travel until they are vacuumed: to
-purge them physically run, after the retention period (or with a shorter one),
+Delta keeps the deleted rows in older files for time travel until they are vacuumed. On a
+table with deletion vectors (the default for new tables on Databricks) a DELETE does not even
+rewrite the file: it only marks the rows deleted, and the file stays part of the current
+version, so VACUUM alone cannot remove it. To purge the rows physically run, after the
+retention period (or with a shorter one),
+``REORG TABLE delta.`<table path>` APPLY (PURGE)`` (rewrites the files that carry deletion
+vectors; a no-op on tables without them) and then
 ``VACUUM delta.`<table path>` RETAIN 0 HOURS`` with
 ``spark.databricks.delta.retentionDurationCheck.enabled=false``, or set
-``privacy.vacuum_after_forget=true`` to have this job do it.
+``privacy.vacuum_after_forget=true`` to have this job do both.
 """
 
 from __future__ import annotations
@@ -63,6 +68,9 @@ def forget_user(spark: SparkSession, cfg: Config, raw_user_id: str) -> dict[str,
         table.delete(cond)
         deleted[name] = before - table.toDF().count()
         if cfg.privacy.vacuum_after_forget:
+            # Deletion vectors only mark rows deleted: rewrite those files first, so that the
+            # VACUUM removes every file that still holds the user's rows.
+            spark.sql(f"REORG TABLE delta.`{cfg.table_path(name)}` APPLY (PURGE)")
             spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
             table.vacuum(0)
     audit = spark.createDataFrame(

@@ -2,9 +2,11 @@
 
 Incremental and exactly-once: a Delta manifest (``<root>/_ingest_log``) records every file
 (path, size, modification time) a run has committed; the next run reads only files not in
-it. All bronze writes are idempotent MERGEs (events insert-only by ``event_id``, catalog and
-users upserted by id, quarantine insert-only by row identity), and the manifest is written
-last, so a run killed midway and rerun leaves every table exactly as one clean run would.
+it. Every bronze write is idempotent: events are appended only when their ``event_id`` is not
+in the table at its pre-run version (checked by a join, so a re-read event is a duplicate, not
+a second row), catalog and users are upserted by id, quarantine is insert-only by row
+identity; the manifest is written last, so a run killed midway and rerun leaves ``events``,
+``catalog`` and ``users`` exactly as one clean run would.
 
 Each row is read as text (so nothing is lost), parsed against a fixed schema (never
 inferred), checked against :mod:`recsys.ingest.rules`, and lands either in its bronze table
@@ -238,7 +240,7 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str,
         manifest_rows += [(f.path, f.size, f.mtime_ns, source, run_id) for f in files]
 
     # The manifest goes last: until it is written, a rerun re-reads these files, and the
-    # MERGEs above make that harmless.
+    # idempotent writes above make that harmless.
     if manifest_rows:
         spark.createDataFrame(manifest_rows, "path string, size long, mtime_ns long, source string, run_id string") \
             .withColumn("ingested_at", now).write.format("delta").mode("append").save(manifest_path(cfg))
@@ -340,12 +342,12 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
                 "source_file",
                 now.alias("ingested_at"),
             )
-            # Insert-only: an event_id already stored (e.g. by a run that died before its
-            # manifest entry) is never written twice.
-            if fresh:
-                new.write.format("delta").mode("append").save(cfg.table_path(source))
-            else:
-                target.alias("t").merge(new.alias("s"), "t.event_id = s.event_id").whenNotMatchedInsertAll().execute()
+            # A plain append is exactly-once: an event_id already stored (by an earlier run, or
+            # by a run that died before its manifest entry) was classified above as
+            # duplicate_event_id against the pinned pre-run version, and repeats within this
+            # run were dropped by _classify, so ``new`` holds only ids not in the table. (An
+            # insert-only MERGE on event_id would repeat that join for nothing.)
+            new.write.format("delta").mode("append").save(cfg.table_path(source))
             qkey = user_id
         q = _quarantine_rows(df, source, now, qkey, run_id)
         if fresh:

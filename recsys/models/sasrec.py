@@ -28,12 +28,13 @@ class ByteDropout(nn.Module):
         super().__init__()
         self.cut = min(255, round(p * 256))  # drop a value when its byte is below cut
         self.p = self.cut / 256
+        self.scale = 1.0 / (1.0 - self.p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.cut == 0:
             return x
         keep = torch.randint(0, 256, x.shape, dtype=torch.uint8, device=x.device) >= self.cut
-        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+        return x * keep.to(x.dtype) * self.scale
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -97,7 +98,8 @@ class SASRec(nn.Module):
         for block in self.encoder.layers:  # no parameters, so saved weights are unaffected
             block.dropout, block.dropout1, block.dropout2 = (ByteDropout(spec.dropout) for _ in range(3))
         self.final_norm = nn.LayerNorm(h)
-        # 0: full-catalogue softmax; K > 0: sampled softmax over K shared negatives (large catalogues).
+        # K > 0: sampled softmax over K shared negatives when the catalogue has more than K
+        # items; otherwise (or K = 0) the full-catalogue softmax.
         self.num_negatives = 0
         self.register_buffer(
             "causal", torch.triu(torch.ones(spec.max_len, spec.max_len, dtype=torch.bool), diagonal=1),
@@ -112,18 +114,28 @@ class SASRec(nn.Module):
                 with torch.no_grad():
                     emb.weight[emb.padding_idx].zero_()
 
-    def item_vectors(self) -> torch.Tensor:
-        """(N+1, H): the fused vector of every item (row 0 = padding)."""
-        v = self.item_emb.weight
+    def item_vectors(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The fused vectors of ``ids`` (any shape → shape + (H,)), or of every item when
+        ``ids`` is None ((N+1, H), row 0 = padding). Fusing only the ids a batch uses is what
+        makes a sampled softmax cheap: the text projection of the whole catalogue costs as
+        much as a few thousand negatives' logits."""
+        if ids is None:
+            v = self.item_emb.weight
+            for name, emb in self.side.items():
+                v = v + emb(getattr(self, f"item_{name}"))
+            if self.spec.text_dim > 0:
+                v = v + self.text_proj(self.item_text)
+            return v
+        v = self.item_emb(ids)
         for name, emb in self.side.items():
-            v = v + emb(getattr(self, f"item_{name}"))
+            v = v + emb(getattr(self, f"item_{name}")[ids])
         if self.spec.text_dim > 0:
-            v = v + self.text_proj(self.item_text)
+            v = v + self.text_proj(self.item_text[ids])
         return v
 
     def encode(self, items: torch.Tensor, types: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L) ids and event types → (B, L, H) causal hidden states."""
-        vectors = self.item_vectors() if vectors is None else vectors
+        """(B, L) ids and event types → (B, L, H) causal hidden states. ``vectors``: the
+        precomputed (N+1, H) ``item_vectors()``, or None to fuse only the ids in ``items``."""
         B, L = items.shape
         if L > self.spec.max_len:
             raise ValueError(f"sequence length {L} > max_len {self.spec.max_len}")
@@ -131,7 +143,8 @@ class SASRec(nn.Module):
         # masked out of attention, so a left-padded batch cut to its longest sequence
         # (see trim_padding) gives exactly the same outputs, for less work.
         pos = torch.arange(self.spec.max_len - L, self.spec.max_len, device=items.device)
-        x = vectors[items] * math.sqrt(self.spec.hidden) + self.pos_emb(pos)[None] + self.type_emb(types)
+        emb = self.item_vectors(items) if vectors is None else vectors[items]
+        x = emb * math.sqrt(self.spec.hidden) + self.pos_emb(pos)[None] + self.type_emb(types)
         real = items != 0
         keep = real.unsqueeze(-1)  # (B, L, 1): padding stays zero, as in SASRec
         x = self.emb_dropout(x) * keep
@@ -148,7 +161,9 @@ class SASRec(nn.Module):
         training goes through ``forward`` and DDP's gradient hooks fire."""
         if targets is not None:
             k = getattr(self, "num_negatives", 0)
-            return sampled_softmax_loss(self, items, types, targets, k) if k > 0 else full_softmax_loss(self, items, types, targets)
+            if 0 < k < self.spec.num_items:  # a catalogue no larger than K: the exact softmax is cheaper
+                return sampled_softmax_loss(self, items, types, targets, k)
+            return full_softmax_loss(self, items, types, targets)
         vectors = self.item_vectors()
         h = self.encode(items, types, vectors)[:, -1]  # (B, H)
         scores = h @ vectors.T
@@ -184,13 +199,12 @@ def sampled_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor
     For catalogues too large for a full softmax; log-Q correction for uniform sampling is a
     constant and cancels.
     """
-    vectors = model.item_vectors()
-    h = model.encode(items, types, vectors)
+    h = model.encode(items, types)  # fuses only the batch's own item vectors
     sel = targets != 0
     hs, ts = h[sel], targets[sel]  # (P, H), (P,)
-    neg = torch.randint(1, vectors.shape[0], (num_negatives,), device=items.device)
-    pos_logit = (hs * vectors[ts]).sum(-1, keepdim=True)  # (P, 1)
-    neg_logit = hs @ vectors[neg].T  # (P, K)
+    neg = torch.randint(1, model.spec.num_items + 1, (num_negatives,), device=items.device)
+    pos_logit = (hs * model.item_vectors(ts)).sum(-1, keepdim=True)  # (P, 1)
+    neg_logit = hs @ model.item_vectors(neg).T  # (P, K)
     neg_logit = neg_logit.masked_fill(neg[None, :] == ts[:, None], float("-inf"))  # a sampled target is no negative
     logits = torch.cat([pos_logit, neg_logit], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(ts), dtype=torch.long, device=items.device))

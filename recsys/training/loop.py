@@ -110,8 +110,8 @@ def train_worker(job: TrainJob) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=job.lr, weight_decay=job.weight_decay, betas=(0.9, 0.98))
     # batch_size is the global batch, so the optimisation (and the learning rate that suits
     # it) does not change with the number of processes.
-    rank_batch = max(1, job.batch_size // world)
-    steps_per_epoch = max(1, math.ceil(job.train.rows / (rank_batch * world)))
+    rank_batch = max(1, job.batch_size // world)  # the config requires a multiple of world
+    steps_per_epoch = max(1, math.ceil(job.train.rows / job.batch_size))
     total_steps = steps_per_epoch * job.epochs
 
     mlflow = None

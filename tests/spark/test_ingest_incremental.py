@@ -73,6 +73,9 @@ def test_rerun_after_a_crash_before_the_manifest_is_exactly_once(spark, cfg):
     assert events(spark, cfg) == ["e1", "e2"]
     q = read_table(spark, cfg, "quarantine").where("rule = 'unknown_event_type'")
     assert q.count() == 1
+    # the rerun saw the killed run's events in the table: kept once, their re-reads quarantined
+    dup = read_table(spark, cfg, "quarantine").where("rule = 'duplicate_event_id'")
+    assert sorted(json.loads(r.raw)["event_id"] for r in dup.collect()) == ["e1", "e2"]
 
 
 def test_csv_parquet_and_gzip_inputs(spark, cfg, tmp_path):

@@ -65,3 +65,29 @@ def test_raw_ids_never_reach_bronze(spark, tmp_path, monkeypatch):
     assert [r["user_id"] for r in read_table(spark, cfg, "events").collect()] == [want]
     assert [r["user_id"] for r in read_table(spark, cfg, "users").collect()] == [want]
     assert [r["user_key"] for r in read_table(spark, cfg, "quarantine").collect()] == [want]
+
+
+def test_forget_user_purges_files_of_a_table_with_deletion_vectors(spark, tmp_path):
+    """With deletion vectors a DELETE only marks rows; forget-user's vacuum must still leave
+    no file on disk, current or old, that holds the user's rows."""
+    import glob
+
+    from recsys.forget import forget_user
+
+    cfg = make_config(tmp_path / "lh", "privacy.vacuum_after_forget=true")
+    key = resolve_key(cfg)
+    victim, other = pseudonymise("victim", key), pseudonymise("other", key)
+    path = cfg.table_path("events")
+    spark.sql(f"CREATE TABLE delta.`{path}` (event_id STRING, user_id STRING) USING delta "
+              "TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+    rows = [(f"e{i}", victim if i % 3 == 0 else other) for i in range(30)]
+    spark.createDataFrame(rows, "event_id string, user_id string").coalesce(1) \
+        .write.format("delta").mode("append").save(path)
+    report = forget_user(spark, cfg, "victim")
+    assert report["deleted"] == {"events": 10}
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").select("operation", "operationMetrics").collect()
+    delete = [h for h in history if h["operation"] == "DELETE"][0]
+    assert int(delete["operationMetrics"]["numDeletionVectorsAdded"]) == 1  # the delete did use one
+    on_disk = spark.read.parquet(*glob.glob(f"{path}/*.parquet"))  # every file left, bypassing the log
+    assert on_disk.where(f"user_id = '{victim}'").count() == 0
+    assert on_disk.where(f"user_id = '{other}'").count() == 20

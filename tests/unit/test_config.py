@@ -70,6 +70,6 @@ def test_replace_checks_like_load():
 
 def test_flat_dict_for_mlflow():
     flat = load_config(CONF / "local.yaml").to_flat_dict()
-    assert flat["train.epochs"] == 30 and flat["train.max_minutes"] == 30
+    assert flat["train.epochs"] == 30 and flat["train.max_minutes"] == 30 and flat["train.num_negatives"] == 0
     assert flat["env"] == "local"
     assert all(isinstance(k, str) for k in flat)

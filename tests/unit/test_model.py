@@ -153,3 +153,31 @@ def test_byte_dropout_drops_p_and_keeps_the_mean():
     drops = [mod for mod in m.modules() if isinstance(mod, ByteDropout)]
     assert len(drops) == 1 + 3 * m.spec.blocks and all(abs(mod.p - 0.3) < 1 / 256 for mod in drops)
     assert not any(isinstance(mod, torch.nn.Dropout) for mod in m.modules())
+
+
+def test_item_vectors_of_some_ids_match_the_whole_catalogue_rows():
+    torch.manual_seed(0)
+    n = 20
+    spec = SASRecSpec(num_items=n, max_len=8, hidden=16, dropout=0.0, num_categories=3, text_dim=6)
+    m = SASRec(spec, item_category=torch.tensor([0] + [1 + i % 3 for i in range(n)]),
+               item_text=torch.randn(n + 1, 6)).eval()
+    everything = m.item_vectors()
+    ids = torch.tensor([[3, 0, 20], [7, 7, 1]])
+    assert torch.allclose(m.item_vectors(ids), everything[ids], atol=1e-6)
+    items, types = batch()
+    assert torch.allclose(m.encode(items, types), m.encode(items, types, everything), atol=1e-5)
+
+
+def test_forward_uses_the_sampled_softmax_only_for_catalogues_larger_than_k():
+    m = make().eval()  # 20 items
+    items, types = batch()
+    targets = torch.roll(items, -1, dims=1) * (items != 0)
+    full = full_softmax_loss(m, items, types, targets)
+    m.num_negatives = 20  # K >= catalogue: the exact loss
+    assert torch.allclose(m(items, types, targets), full)
+    m.num_negatives = 5  # K < catalogue: 6-way cross-entropy, smaller than the 20-way loss
+    torch.manual_seed(1)
+    sampled = m(items, types, targets)
+    torch.manual_seed(1)
+    assert torch.allclose(sampled, sampled_softmax_loss(m, items, types, targets, 5))
+    assert sampled < full
