@@ -119,18 +119,12 @@ class SASRec(nn.Module):
         ``ids`` is None ((N+1, H), row 0 = padding). Fusing only the ids a batch uses is what
         makes a sampled softmax cheap: the text projection of the whole catalogue costs as
         much as a few thousand negatives' logits."""
-        if ids is None:
-            v = self.item_emb.weight
-            for name, emb in self.side.items():
-                v = v + emb(getattr(self, f"item_{name}"))
-            if self.spec.text_dim > 0:
-                v = v + self.text_proj(self.item_text)
-            return v
-        v = self.item_emb(ids)
+        pick = (lambda table: table) if ids is None else (lambda table: table[ids])  # noqa: E731
+        v = self.item_emb.weight if ids is None else self.item_emb(ids)  # the lookup keeps padding_idx
         for name, emb in self.side.items():
-            v = v + emb(getattr(self, f"item_{name}")[ids])
+            v = v + emb(pick(getattr(self, f"item_{name}")))
         if self.spec.text_dim > 0:
-            v = v + self.text_proj(self.item_text[ids])
+            v = v + self.text_proj(pick(self.item_text))
         return v
 
     def encode(self, items: torch.Tensor, types: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
