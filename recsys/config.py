@@ -157,7 +157,7 @@ class TrainConfig:
     torch_threads: int = 1
     num_negatives: int = 0  # 0: full-catalogue softmax; K > 0: sampled softmax over K shared negatives when the catalogue has more than K items
     length_buckets: int = 32  # batches pooled, sorted by length and cut to their longest sequence; 0 = off
-    max_minutes: float = 30.0  # stop after the epoch that passes this training time (best epoch kept); 0 = no limit
+    max_minutes: float = 30.0  # training time budget: ends mid-epoch, after a last validation (best epoch kept); 0 = no limit
 
     def __post_init__(self) -> None:
         if self.max_minutes < 0:

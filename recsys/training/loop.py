@@ -58,6 +58,9 @@ def build_model(job: TrainJob):
     )
 
 
+TIME_CHECK_STEPS = 8  # how often (in steps) the ranks agree on whether the time budget is spent
+
+
 def _lr_at(step: int, job: TrainJob, total: int) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak rate."""
     if step < job.warmup_steps:
@@ -155,20 +158,27 @@ def train_worker(job: TrainJob) -> dict:
 
     history: list[dict] = []
     best = {"ndcg": -1.0, "epoch": 0, "state": None}
-    def out_of_time() -> bool:
-        over = torch.tensor([float(job.max_seconds > 0 and time.time() - t0 >= job.max_seconds)], device=device)
+    def out_of_time(reserve: float) -> bool:
+        """True when the budget, less ``reserve`` seconds kept for a validation, is spent."""
+        over = torch.tensor([float(time.time() - t0 + reserve >= job.max_seconds)], device=device)
         if distributed:  # on the device: NCCL reduces GPU tensors only
-            dist.all_reduce(over, op=dist.ReduceOp.MAX)  # every rank stops after the same epoch
+            dist.all_reduce(over, op=dist.ReduceOp.MAX)  # every rank stops at the same step
         return bool(over.item())
 
     step, bad_epochs, t0, stopped_by = 0, 0, time.time(), "epochs"
+    validate_seconds = 0.0  # the last validation's duration, kept free at the end of the budget
     stream = job.train.batches(rank_batch, rank, world, endless=True, shuffle=True)
     batches = length_bucketed(stream, job.length_buckets, job.seed) if job.length_buckets > 0 else stream
     try:
         for epoch in range(1, job.epochs + 1):
             model.train()
             loss_sum, n = 0.0, 0
-            for _ in range(steps_per_epoch):
+            for i in range(steps_per_epoch):
+                # The time budget ends training mid-epoch, every TIME_CHECK_STEPS steps (one
+                # all-reduce of a flag), leaving room for the last epoch's validation.
+                if job.max_seconds > 0 and step > 0 and i % TIME_CHECK_STEPS == 0 and out_of_time(validate_seconds):
+                    stopped_by = "time"
+                    break
                 batch = next(batches)
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(step, job, total_steps)
@@ -180,9 +190,13 @@ def train_worker(job: TrainJob) -> dict:
                 loss_sum += loss.item()
                 n += 1
                 step += 1
+            if n == 0:  # the budget ran out on this epoch's first step: nothing new to validate
+                break
+            t_val = time.time()
             ndcg, hr = validate()
+            validate_seconds = time.time() - t_val
             rec = {"epoch": epoch, "train_loss": loss_sum / n, "val_ndcg_at_10": ndcg, "val_hr_at_10": hr,
-                   "seconds": time.time() - t0}
+                   "seconds": time.time() - t0, "steps": n}
             history.append(rec)
             if mlflow is not None:
                 mlflow.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=epoch)
@@ -192,11 +206,10 @@ def train_worker(job: TrainJob) -> dict:
                 bad_epochs = 0
             else:
                 bad_epochs += 1
-                if bad_epochs >= job.patience:  # same decision on every rank: ndcg was all-reduced
+                if bad_epochs >= job.patience and stopped_by != "time":  # same on every rank: ndcg was all-reduced
                     stopped_by = "patience"
                     break
-            if epoch < job.epochs and out_of_time():
-                stopped_by = "time"
+            if stopped_by == "time":
                 break
     finally:
         stream.close()

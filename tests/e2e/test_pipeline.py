@@ -102,7 +102,7 @@ def test_demo_end_to_end(spark, tmp_path):
 def test_notebook_runs_as_plain_python(spark, tmp_path, monkeypatch):
     root = tmp_path / "nb"
     monkeypatch.setenv("RECSYS_CONFIG", str(ROOT / "conf" / "local.yaml"))
-    # A time budget far below one epoch: training stops after its first epoch, on every rank.
+    # A time budget far below one epoch: training stops within its first epoch, on every rank.
     monkeypatch.setenv("RECSYS_OVERRIDES", " ".join([f"lakehouse.root={root}", *TINY, "train.epochs=5",
                                                       "train.max_minutes=0.001", "train.batch_size=64",
                                                       "features.text_embeddings=false"]))

@@ -2,7 +2,7 @@
 
 import torch
 
-from recsys.training.loop import length_bucketed
+from recsys.training.loop import TIME_CHECK_STEPS, TrainJob, length_bucketed, train_worker
 
 
 def _stream(lengths: torch.Tensor, batch: int):
@@ -47,3 +47,44 @@ def test_ranks_with_the_same_seed_take_batches_of_matching_length():
 
     assert cost_ratio(42, 42) < 1.1
     assert cost_ratio(42, 43) > 1.25  # what a seed per rank cost
+
+
+class InMemoryExamples:
+    """The ``ShardedExamples`` interface over tensors held in memory (one process, no Spark):
+    enough to drive ``train_worker``'s loop directly."""
+
+    def __init__(self, items: torch.Tensor, targets: torch.Tensor) -> None:
+        self.items, self.targets, self.rows = items, targets, len(items)
+
+    def batches(self, batch_size, rank, world, *, endless, shuffle):
+        while True:
+            for s in range(0, self.rows, batch_size):
+                items = self.items[s:s + batch_size]
+                yield {"input_items": items, "input_types": (items != 0).long(), "target_items": self.targets[s:s + batch_size],
+                       "target": self.targets[s:s + batch_size, -1]}
+            if not endless:
+                return
+
+
+def _job(max_seconds: float, epochs: int = 3) -> TrainJob:
+    gen = torch.Generator().manual_seed(0)
+    seq = torch.randint(1, 21, (640, 9), generator=gen)
+    data = InMemoryExamples(seq[:, :-1], seq[:, 1:])
+    return TrainJob(spec={"num_items": 20, "max_len": 8, "hidden": 8, "blocks": 1, "heads": 1, "dropout": 0.0},
+                    item_category=[], item_brand=[], item_price=[], train=data, validation=data, epochs=epochs,
+                    batch_size=16, lr=1e-3, weight_decay=0.0, warmup_steps=1, patience=10, seed=0, torch_threads=1,
+                    use_gpu=False, max_seconds=max_seconds)
+
+
+def test_time_budget_cuts_the_epoch_short_and_keeps_its_validation():
+    summary = train_worker(_job(max_seconds=1e-6))  # spent before the first time check (step 8)
+    assert (summary["epochs_run"], summary["stopped_by"], summary["best_epoch"]) == (1, "time", 1)
+    [epoch] = summary["history"]
+    assert epoch["steps"] == TIME_CHECK_STEPS < 640 // 16  # cut mid-epoch, then validated
+    assert 0.0 <= epoch["val_ndcg_at_10"] <= 1.0
+
+
+def test_without_a_budget_every_epoch_runs_in_full():
+    summary = train_worker(_job(max_seconds=0.0, epochs=2))
+    assert (summary["epochs_run"], summary["stopped_by"]) == (2, "epochs")
+    assert [e["steps"] for e in summary["history"]] == [640 // 16] * 2
