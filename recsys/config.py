@@ -149,7 +149,7 @@ class TrainConfig:
     use_gpu: bool = False
     epochs: int = 30
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_steps: int = 50
     patience: int = 5  # epochs without validation NDCG@10 improvement before stopping
