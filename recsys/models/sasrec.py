@@ -173,6 +173,38 @@ def trim_padding(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t[:, start:] for t in tensors)
 
 
+class CatalogueCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``h @ vectors.T`` against ``targets``, column 0 (padding) excluded.
+
+    The same value and gradients as ``F.cross_entropy`` on the logits, with less traffic over
+    the (P, N+1) logits, which dominate a step on a large catalogue: the forward turns the
+    logits into exp(logit - row max) in place and keeps them with their row sums, so the
+    exponentials are computed once; the backward divides them into the softmax in place (no
+    log-softmax copy, no zero-filled one-hot gradient). On Yelp's shapes (P ≈ 550, N = 20,033, H = 128, one CPU thread) a training step
+    took about 0.42 s instead of 0.50 s. The graph can be backpropagated once.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, vectors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = h @ vectors.T  # (P, N+1)
+        logits[:, 0] = float("-inf")
+        target_logit = logits.gather(1, targets[:, None]).squeeze(1)
+        top = logits.max(dim=1).values
+        e = logits.sub_(top[:, None]).exp_()  # in place: exp(logit - max), column 0 = 0
+        total = e.sum(dim=1)
+        loss = (top + total.log() - target_logit).mean()
+        ctx.save_for_backward(h, vectors, targets, e, total)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, vectors, targets, e, total = ctx.saved_tensors
+        g = e.div_(total[:, None])  # the softmax, in place
+        g[torch.arange(len(targets), device=g.device), targets] -= 1.0
+        scale = grad / len(targets)
+        return (g @ vectors) * scale, (g.T @ h) * scale, None
+
+
 def full_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the next item over the whole catalogue at every non-pad position.
 
@@ -181,9 +213,7 @@ def full_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, t
     vectors = model.item_vectors()
     h = model.encode(items, types, vectors)  # (B, L, H)
     sel = targets != 0
-    logits = h[sel] @ vectors.T  # (P, N+1)
-    logits[:, 0] = float("-inf")
-    return F.cross_entropy(logits, targets[sel])
+    return CatalogueCrossEntropy.apply(h[sel], vectors, targets[sel])
 
 
 def sampled_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor,

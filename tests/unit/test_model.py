@@ -2,7 +2,9 @@
 
 import torch
 
-from recsys.models.sasrec import SASRec, SASRecSpec, full_softmax_loss, sampled_softmax_loss
+from torch.nn import functional as F
+
+from recsys.models.sasrec import CatalogueCrossEntropy, SASRec, SASRecSpec, full_softmax_loss, sampled_softmax_loss
 
 
 def make(side: bool = True, **kw) -> SASRec:
@@ -61,6 +63,21 @@ def test_full_softmax_loss_matches_cross_entropy_by_hand():
     assert torch.allclose(loss, expected, atol=1e-5)
     # forward(..., targets) is the same loss (it is how DDP calls it)
     assert torch.allclose(m(items, types, targets), loss)
+
+
+def test_catalogue_cross_entropy_has_the_value_and_gradients_of_cross_entropy():
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(12, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1, 3, 3, 11, 5, 2, 7])  # a repeated target, never the padding column 0
+    logits = h @ v.T
+    expected = F.cross_entropy(torch.cat([torch.full_like(logits[:, :1], float("-inf")), logits[:, 1:]], 1), t)
+    gh, gv = torch.autograd.grad(expected * 3.0, (h, v))
+    loss = CatalogueCrossEntropy.apply(h, v, t)
+    assert torch.allclose(loss, expected)
+    ch, cv = torch.autograd.grad(loss * 3.0, (h, v))  # an upstream gradient other than 1
+    assert torch.allclose(ch, gh) and torch.allclose(cv, gv)
+    assert torch.all(cv[0] == 0)  # the padding row gets no gradient
 
 
 def test_sampled_softmax_is_finite_and_trainable():
