@@ -180,8 +180,9 @@ class CatalogueCrossEntropy(torch.autograd.Function):
     the (P, N+1) logits, which dominate a step on a large catalogue: the forward turns the
     logits into exp(logit - row max) in place and keeps them with their row sums, so the
     exponentials are computed once; the backward divides them into the softmax in place (no
-    log-softmax copy, no zero-filled one-hot gradient). On Yelp's shapes (P ≈ 550, N = 20,033, H = 128, one CPU thread) a training step
-    took about 0.42 s instead of 0.50 s. The graph can be backpropagated once.
+    log-softmax copy, no zero-filled one-hot gradient). On Yelp's shapes (P = 550,
+    N = 20,034, H = 128, one CPU thread) the loss's forward and backward took about 72% of
+    the time of ``F.cross_entropy``'s. The graph can be backpropagated once.
     """
 
     @staticmethod

@@ -209,10 +209,10 @@ def train_worker(job: TrainJob) -> dict:
                 bad_epochs = 0
             else:
                 bad_epochs += 1
-                if bad_epochs >= job.patience and stopped_by != "time":  # same on every rank: ndcg was all-reduced
-                    stopped_by = "patience"
-                    break
             if stopped_by == "time":
+                break
+            if bad_epochs >= job.patience:  # same decision on every rank: ndcg was all-reduced
+                stopped_by = "patience"
                 break
     finally:
         stream.close()
