@@ -42,6 +42,9 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         # Fail fast when TorchDistributor asks for more barrier slots than exist.
         "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "1",
         "spark.databricks.delta.snapshotPartitions": "2",
+        # VACUUM lists a table's folders in a job of this many tasks (Spark's default: 10,000,
+        # which made forget-user's VACUUM of a small table take a minute on two cores).
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(max(8, cfg.shuffle_partitions)),
         "spark.sql.adaptive.enabled": "true",
     }
     if cfg.resolve_delta_jars:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +28,20 @@ TINY = ["generator.users=250", "generator.items=120", "generator.days=14", "gene
         "train.epochs=2", "train.patience=5", "model.hidden=32", "features.max_seq_len=20"]
 
 
-def test_demo_end_to_end(spark, tmp_path):
+@pytest.fixture(scope="module")
+def demo_run(spark, tmp_path_factory):
+    """One demo run for the module, and a copy of its lakehouse taken before any test changes it."""
+    base = tmp_path_factory.mktemp("demo")
+    cfg = make_config(base / "lh", *TINY, "scoring.run_date=2026-11-01")
+    summary = demo(spark, cfg)
+    shutil.copytree(cfg.lakehouse.root_path, base / "copy")
+    return cfg, summary, base / "copy"
+
+
+def test_demo_end_to_end(spark, demo_run):
     import mlflow
 
-    cfg = make_config(tmp_path / "lh", *TINY, "scoring.run_date=2026-11-01")
-    summary = demo(spark, cfg)
+    cfg, summary, _ = demo_run
 
     # demo.json holds what the issue promises
     saved = json.loads((cfg.lakehouse.reports_path / "demo.json").read_text())
@@ -99,21 +109,39 @@ def test_demo_end_to_end(spark, tmp_path):
     assert victim not in json.dumps([a.asDict() for a in audit], default=str)
 
 
-def test_notebook_runs_as_plain_python(spark, tmp_path, monkeypatch):
-    root = tmp_path / "nb"
+def test_notebook_runs_as_plain_python(spark, demo_run, monkeypatch):
+    """The notebook on the lakehouse the demo left (a copy), without generating data: the way
+    it runs on a shop's own tables. Ingestion and profiles find nothing new; training, the
+    evaluation and the recommendations run again, and the time budget cuts training short."""
+    import mlflow
+
+    demo_cfg, _, root = demo_run
     monkeypatch.setenv("RECSYS_CONFIG", str(ROOT / "conf" / "local.yaml"))
+    monkeypatch.setenv("RECSYS_GENERATE", "false")
     # A time budget far below one epoch: training stops within its first epoch, on every rank.
-    monkeypatch.setenv("RECSYS_OVERRIDES", " ".join([f"lakehouse.root={root}", *TINY, "train.epochs=5",
-                                                      "train.max_minutes=0.001", "train.batch_size=64",
-                                                      "features.text_embeddings=false"]))
+    monkeypatch.setenv("RECSYS_OVERRIDES", " ".join([f"lakehouse.root={root}",
+                                                      f"lakehouse.landing={demo_cfg.lakehouse.landing_path}",
+                                                      *TINY, "train.epochs=5", "train.max_minutes=0.001",
+                                                      "train.batch_size=64"]))
     nb = ROOT / "notebooks" / "recsys_pipeline.py"
     assert nb.read_text().splitlines()[0] == "# Databricks notebook source"
     runpy.run_path(str(nb), run_name="__main__")
-    cfg = make_config(root)
-    assert read_table(spark, cfg, "recommendations").count() > 0
-    [report] = [json.loads(p.read_text()) for p in cfg.lakehouse.reports_path.glob("train-*.json")]
+    cfg = make_config(root, f"lakehouse.landing={demo_cfg.lakehouse.landing_path}")
+    reports = lambda kind: [json.loads(p.read_text()) for p in sorted(cfg.lakehouse.reports_path.glob(f"{kind}-*.json"))]  # noqa: E731
+    assert reports("ingest")[-1]["files_read"] == 0  # every landing file was ingested by the demo
+    assert reports("profiles")[-1]["mode"] == "incremental" and reports("profiles")[-1]["affected_users"] == 0
+    assert reports("text_embeddings")[-1]["encoded"] == 0
+    report = reports("train")[-1]
     assert (report["epochs_run"], report["stopped_by"]) == (1, "time")
     assert report["world_size"] == 2 and report["rank_batch_size"] == 32  # batch_size is the global batch
+    # the notebook's model is version 2 and today's recommendations come from it
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mv = mlflow.MlflowClient().get_model_version_by_alias(cfg.tracking.model_name, cfg.tracking.alias)
+    assert str(mv.version) == "2" and mv.run_id == report["run_id"]
+    today = reports("recommend")[-1]["run_date"]
+    recs = read_table(spark, cfg, "recommendations")
+    assert recs.where(F.col("run_date") == F.lit(today).cast("date")).where("model_version = 2").count() > 0
+    assert recs.where("run_date = DATE'2026-11-01'").count() > 0  # the demo's run date is kept
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
