@@ -142,6 +142,11 @@ class Backend(str, enum.Enum):
     NCCL = "nccl"
 
 
+class NegativeSampler(str, enum.Enum):
+    UNIFORM = "uniform"  # K items drawn uniformly from the catalogue
+    MIXED = "mixed"  # K uniform items plus the batch's own targets, log-Q corrected
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     num_processes: int = 2
@@ -155,7 +160,11 @@ class TrainConfig:
     patience: int = 5  # epochs without validation NDCG@10 improvement before stopping
     seed: int = 42
     torch_threads: int = 1
-    num_negatives: int = 0  # 0: full-catalogue softmax; K > 0: sampled softmax over K shared negatives when the catalogue has more than K items
+    # The loss: the exact full-catalogue softmax for catalogues of up to full_softmax_max_items
+    # items; above that, a sampled softmax over num_negatives items (0 = always the full softmax).
+    full_softmax_max_items: int = 16384
+    num_negatives: int = 2048
+    negative_sampler: NegativeSampler = NegativeSampler.MIXED  # uniform | mixed (uniform + in-batch, log-Q corrected)
     length_buckets: int = 32  # batches pooled, sorted by length and cut to their longest sequence; 0 = off
     max_minutes: float = 30.0  # training time budget: ends mid-epoch, after a last validation (best epoch kept); 0 = no limit
 
@@ -166,6 +175,8 @@ class TrainConfig:
             raise ConfigError("train.length_buckets must be >= 0 (0 = off)")
         if self.num_negatives < 0:
             raise ConfigError("train.num_negatives must be >= 0 (0 = full softmax)")
+        if self.full_softmax_max_items < 0:
+            raise ConfigError("train.full_softmax_max_items must be >= 0 (0 = sampled softmax for any catalogue)")
         if self.num_processes < 1:
             raise ConfigError("train.num_processes must be >= 1")
         if self.epochs < 1 or self.batch_size < 1:

@@ -101,6 +101,9 @@ class SASRec(nn.Module):
         # K > 0: sampled softmax over K shared negatives when the catalogue has more than K
         # items; otherwise (or K = 0) the full-catalogue softmax.
         self.num_negatives = 0
+        # With ``item_log_share`` ((N+1,) log of each item's share of the training targets) the
+        # sampled softmax adds the batch's own targets as negatives (see mixed_softmax_loss).
+        self.item_log_share: torch.Tensor | None = None
         self.register_buffer(
             "causal", torch.triu(torch.ones(spec.max_len, spec.max_len, dtype=torch.bool), diagonal=1),
             persistent=False,
@@ -156,6 +159,9 @@ class SASRec(nn.Module):
         if targets is not None:
             k = getattr(self, "num_negatives", 0)
             if 0 < k < self.spec.num_items:  # a catalogue no larger than K: the exact softmax is cheaper
+                share = getattr(self, "item_log_share", None)
+                if share is not None:
+                    return mixed_softmax_loss(self, items, types, targets, k, share)
                 return sampled_softmax_loss(self, items, types, targets, k)
             return full_softmax_loss(self, items, types, targets)
         vectors = self.item_vectors()
@@ -233,3 +239,46 @@ def sampled_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor
     neg_logit = neg_logit.masked_fill(neg[None, :] == ts[:, None], float("-inf"))  # a sampled target is no negative
     logits = torch.cat([pos_logit, neg_logit], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(ts), dtype=torch.long, device=items.device))
+
+
+def mixed_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor,
+                       num_negatives: int, log_share: torch.Tensor) -> torch.Tensor:
+    """Sampled softmax over ``num_negatives`` uniform items plus the batch's own targets
+    (in-batch negatives), with the log-Q correction (Bengio & Senécal; Yi et al. 2019).
+
+    Uniform negatives alone are almost never the popular items a model must learn to rank
+    below the right one; the batch's targets are drawn in proportion to popularity, so they
+    are exactly those. Each candidate j is expected Q_j = K / N + P * share_j times among the
+    K + P candidates (P = target positions in the batch, share_j = j's share of the training
+    targets), and every logit, the target's included, is lowered by log Q_j, which makes the
+    sampled softmax's gradient an estimate of the full softmax's. A candidate equal to a
+    row's target is masked out of that row's negatives.
+
+    log_share: (N+1,) float, log of each item's share of the training targets.
+    """
+    h = model.encode(items, types)  # fuses only the batch's own item vectors
+    sel = targets != 0
+    hs, ts = h[sel], targets[sel]  # (P, H), (P,)
+    P, N = len(ts), model.spec.num_items
+    uniform = torch.randint(1, N + 1, (num_negatives,), device=items.device)
+    cand = torch.cat([uniform, ts])  # (K + P,)
+    log_q = torch.log(num_negatives / N + P * log_share.to(hs.device).exp())  # (N+1,)
+    vec = model.item_vectors(torch.cat([ts, cand]))  # one fusion for targets and candidates
+    pos_logit = (hs * vec[:P]).sum(-1, keepdim=True) - log_q[ts][:, None]  # (P, 1)
+    neg_logit = hs @ vec[P:].T - log_q[cand][None, :]  # (P, K + P)
+    neg_logit = neg_logit.masked_fill(cand[None, :] == ts[:, None], float("-inf"))
+    logits = torch.cat([pos_logit, neg_logit], dim=1)
+    return F.cross_entropy(logits, torch.zeros(P, dtype=torch.long, device=items.device))
+
+
+def target_log_share(targets: torch.Tensor, num_items: int, *, counts: bool = False) -> torch.Tensor:
+    """(N+1,) log of each item's share of the non-zero ``targets`` (or, with ``counts``, of
+    ``targets`` read as (N+1,) occurrence counts). Items never seen count as half an
+    occurrence, so that no log-Q correction is infinite."""
+    if counts:
+        c = targets.double().clone()
+    else:
+        c = torch.bincount(targets[targets != 0].flatten(), minlength=num_items + 1).double()
+    c[1:] = c[1:].clamp_min(0.5)
+    c[0] = 0.0
+    return (c / c[1:].sum()).clamp_min(1e-30).log().float()

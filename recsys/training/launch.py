@@ -7,10 +7,10 @@ import logging
 import time
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys.config import Config
+from recsys.config import Config, NegativeSampler, TrainConfig
 from recsys.ingest.pipeline import write_report
 from recsys.tables import read_table, table_exists
 from recsys.training.data import materialise
@@ -58,6 +58,26 @@ def item_text_matrix(spark: SparkSession, cfg: Config, num_items: int) -> list[l
     return m.tolist()
 
 
+def sampled_negatives(tc: TrainConfig, num_items: int) -> int:
+    """How many negatives the loss samples for a catalogue of ``num_items`` items (0 = the
+    exact full softmax): the full softmax while the catalogue has at most
+    ``train.full_softmax_max_items`` items, or when K = ``train.num_negatives`` is 0 or not
+    smaller than the catalogue; K otherwise."""
+    k = tc.num_negatives
+    return k if num_items > tc.full_softmax_max_items and 0 < k < num_items else 0
+
+
+def target_counts(train_examples: DataFrame, num_items: int) -> list[int]:
+    """(N+1,) how often each item is a training target (index 0 unused): the mixed negative
+    sampler's estimate of how often each item turns up among a batch's targets."""
+    counts = [0] * (num_items + 1)
+    rows = (train_examples.select(F.explode("target_items").alias("item")).where("item > 0")
+            .groupBy("item").count().collect())
+    for r in rows:
+        counts[int(r["item"])] = int(r["count"])
+    return counts
+
+
 def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Train the recommender with TorchDistributor; log, register and alias it in MLflow.
 
@@ -78,12 +98,17 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     feats = item_feature_tables(spark, cfg)
     cache = (cfg.lakehouse.root_path / "_petastorm").as_uri()
     world = cfg.train.num_processes
-    train_set = materialise(spark, examples.where(F.col("split") == "train"), cache, files=4 * world)
+    train_df = examples.where(F.col("split") == "train")
+    train_set = materialise(spark, train_df, cache, files=4 * world)
     valid_set = materialise(spark, examples.where(F.col("split") == "validation"), cache, files=4 * world)
     log.info("materialised %d train / %d validation rows for petastorm in %.1fs", train_set.rows, valid_set.rows, time.time() - t0)
     if train_set.rows == 0:
         raise ValueError("training_examples has no train rows: generate or ingest more events")
 
+    num_negatives = sampled_negatives(cfg.train, feats["num_items"])
+    mixed = num_negatives > 0 and cfg.train.negative_sampler == NegativeSampler.MIXED
+    loss_name = (f"sampled softmax, {num_negatives} {cfg.train.negative_sampler.value} negatives" if num_negatives
+                 else "full softmax")
     side = cfg.model.side_features
     text = item_text_matrix(spark, cfg, feats["num_items"])
     spec = {
@@ -102,6 +127,7 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}") as run:
         mlflow.log_params(cfg.to_flat_dict())
         mlflow.log_params({"data.train_rows": train_set.rows, "data.validation_rows": valid_set.rows,
+                           "loss": loss_name,
                            "data.num_items": feats["num_items"]})
         run_id = run.info.run_id
     job = TrainJob(
@@ -125,7 +151,8 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         model_name=cfg.tracking.model_name,
         alias=cfg.tracking.alias,
         item_text=text,
-        num_negatives=cfg.train.num_negatives,
+        num_negatives=num_negatives,
+        item_target_counts=target_counts(train_df, feats["num_items"]) if mixed else None,
         length_buckets=cfg.train.length_buckets,
         max_seconds=cfg.train.max_minutes * 60.0,
     )
@@ -141,6 +168,7 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         valid_set.delete()
     log.info("distributed training finished in %.1fs (loop %.1fs)", time.time() - t1, summary.get("train_seconds", 0.0))
     summary["run_id"] = run_id
+    summary["loss"] = loss_name
     summary["train_rows"] = train_set.rows
     write_report(cfg, "train", summary)
     return summary

@@ -40,6 +40,8 @@ def test_derived_locations(tmp_path):
         ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
         ("model.heads=3", "model.hidden must be divisible by model.heads"),
         ("train.max_minutes=-1", "train.max_minutes must be >= 0"),
+        ("train.negative_sampler=popular", "'train.negative_sampler': 'popular' is not allowed; allowed values: uniform, mixed"),
+        ("train.full_softmax_max_items=-1", "train.full_softmax_max_items must be >= 0"),
         ("train.batch_size=129", "train.batch_size is the global batch: it must be a multiple of train.num_processes (2)"),
     ],
 )
@@ -70,6 +72,21 @@ def test_replace_checks_like_load():
 
 def test_flat_dict_for_mlflow():
     flat = load_config(CONF / "local.yaml").to_flat_dict()
-    assert flat["train.epochs"] == 30 and flat["train.max_minutes"] == 30 and flat["train.num_negatives"] == 0
+    assert flat["train.epochs"] == 30 and flat["train.max_minutes"] == 30 and flat["train.num_negatives"] == 2048
+    assert flat["train.negative_sampler"] == "mixed"  # enums as their values
     assert flat["env"] == "local"
     assert all(isinstance(k, str) for k in flat)
+
+
+def test_the_loss_is_the_full_softmax_up_to_a_catalogue_size():
+    from recsys.training.launch import sampled_negatives
+
+    train = load_config(CONF / "local.yaml").train
+    assert (train.full_softmax_max_items, train.num_negatives) == (16384, 2048)
+    assert sampled_negatives(train, 12_101) == 0  # Beauty-sized: the exact softmax
+    assert sampled_negatives(train, 16_384) == 0
+    assert sampled_negatives(train, 20_033) == 2048  # Yelp-sized: 2,048 sampled negatives
+    never = load_config(CONF / "local.yaml", ["train.num_negatives=0"]).train
+    assert sampled_negatives(never, 10**6) == 0
+    always = load_config(CONF / "local.yaml", ["train.full_softmax_max_items=0", "train.num_negatives=50"]).train
+    assert sampled_negatives(always, 51) == 50 and sampled_negatives(always, 50) == 0  # K >= catalogue: exact

@@ -4,7 +4,8 @@ import torch
 
 from torch.nn import functional as F
 
-from recsys.models.sasrec import CatalogueCrossEntropy, SASRec, SASRecSpec, full_softmax_loss, sampled_softmax_loss
+from recsys.models.sasrec import (CatalogueCrossEntropy, SASRec, SASRecSpec, full_softmax_loss, mixed_softmax_loss,
+                                  sampled_softmax_loss, target_log_share)
 
 
 def make(side: bool = True, **kw) -> SASRec:
@@ -198,3 +199,42 @@ def test_forward_uses_the_sampled_softmax_only_for_catalogues_larger_than_k():
     torch.manual_seed(1)
     assert torch.allclose(sampled, sampled_softmax_loss(m, items, types, targets, 5))
     assert sampled < full
+
+
+def test_mixed_softmax_is_the_log_q_corrected_loss_over_uniform_and_in_batch_candidates():
+    """Recomputed by hand, row by row: the candidates are K uniform draws plus every target of
+    the batch; a candidate equal to the row's own target is left out; every logit, the
+    target's included, is lowered by log(K/N + P * share)."""
+    m = make().eval()  # 20 items, no dropout
+    items, types = batch()
+    targets = torch.roll(items, -1, dims=1) * (items != 0)
+    counts = torch.bincount(targets[targets != 0], minlength=21)
+    share = target_log_share(targets, 20)
+    assert torch.allclose(share.exp()[1:].sum(), torch.tensor(1.0))
+    assert torch.allclose(share, target_log_share(counts, 20, counts=True))
+    k = 6
+    torch.manual_seed(3)
+    got = mixed_softmax_loss(m, items, types, targets, k, share)
+    torch.manual_seed(3)
+    uniform = torch.randint(1, 21, (k,))
+
+    with torch.no_grad():
+        h = m.encode(items, types)[targets != 0].double()
+        ts = targets[targets != 0]
+        vec = m.item_vectors().double()
+        p = len(ts)
+        log_q = torch.log(k / 20 + p * share.double().exp())
+        cands = torch.cat([uniform, ts]).tolist()
+        losses = []
+        for row, t in enumerate(ts.tolist()):
+            logit = lambda j: float(h[row] @ vec[j] - log_q[j])  # noqa: E731
+            others = [logit(c) for c in cands if c != t]
+            losses.append(-logit(t) + torch.logsumexp(torch.tensor([logit(t)] + others), 0).item())
+    assert abs(got.item() - sum(losses) / len(losses)) < 1e-4
+
+    # the forward takes this path when the model holds the target shares
+    m.num_negatives, m.item_log_share = k, share
+    torch.manual_seed(3)
+    assert torch.allclose(m(items, types, targets), got)
+    got.backward()  # and it trains the item vectors
+    assert m.item_emb.weight.grad[ts].abs().sum() > 0

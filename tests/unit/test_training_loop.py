@@ -66,14 +66,14 @@ class InMemoryExamples:
                 return
 
 
-def _job(max_seconds: float, epochs: int = 3) -> TrainJob:
+def _job(max_seconds: float, epochs: int = 3, **kw) -> TrainJob:
     gen = torch.Generator().manual_seed(0)
     seq = torch.randint(1, 21, (640, 9), generator=gen)
     data = InMemoryExamples(seq[:, :-1], seq[:, 1:])
     return TrainJob(spec={"num_items": 20, "max_len": 8, "hidden": 8, "blocks": 1, "heads": 1, "dropout": 0.0},
                     item_category=[], item_brand=[], item_price=[], train=data, validation=data, epochs=epochs,
                     batch_size=16, lr=1e-3, weight_decay=0.0, warmup_steps=1, patience=10, seed=0, torch_threads=1,
-                    use_gpu=False, max_seconds=max_seconds)
+                    use_gpu=False, max_seconds=max_seconds, **kw)
 
 
 def test_time_budget_cuts_the_epoch_short_and_keeps_its_validation():
@@ -88,3 +88,15 @@ def test_without_a_budget_every_epoch_runs_in_full():
     summary = train_worker(_job(max_seconds=0.0, epochs=2))
     assert (summary["epochs_run"], summary["stopped_by"]) == (2, "epochs")
     assert [e["steps"] for e in summary["history"]] == [640 // 16] * 2
+
+
+def test_mixed_negatives_train_through_the_loop():
+    """With item target counts the loop trains on the mixed sampled softmax (K=5 of 20 items):
+    the loss falls and every epoch is validated."""
+    job = _job(max_seconds=0.0, epochs=3, num_negatives=5)
+    targets = job.train.targets
+    job.item_target_counts = torch.bincount(targets[targets != 0], minlength=21).tolist()
+    summary = train_worker(job)
+    losses = [e["train_loss"] for e in summary["history"]]
+    assert losses[-1] < losses[0]
+    assert all(0.0 <= e["val_ndcg_at_10"] <= 1.0 for e in summary["history"])
