@@ -224,21 +224,30 @@ def full_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, t
 
 
 def sampled_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor,
-                         num_negatives: int) -> torch.Tensor:
+                         num_negatives: int, log_share: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy over the target and ``num_negatives`` uniformly sampled items (shared by the batch).
 
     For catalogues too large for a full softmax; log-Q correction for uniform sampling is a
-    constant and cancels.
+    constant and cancels. With ``log_share`` the batch's own targets join the candidates:
+    see :func:`mixed_softmax_loss`. A candidate equal to a row's target is no negative of it.
     """
     h = model.encode(items, types)  # fuses only the batch's own item vectors
     sel = targets != 0
     hs, ts = h[sel], targets[sel]  # (P, H), (P,)
-    neg = torch.randint(1, model.spec.num_items + 1, (num_negatives,), device=items.device)
-    pos_logit = (hs * model.item_vectors(ts)).sum(-1, keepdim=True)  # (P, 1)
-    neg_logit = hs @ model.item_vectors(neg).T  # (P, K)
-    neg_logit = neg_logit.masked_fill(neg[None, :] == ts[:, None], float("-inf"))  # a sampled target is no negative
+    P, N = len(ts), model.spec.num_items
+    cand = torch.randint(1, N + 1, (num_negatives,), device=items.device)
+    if log_share is not None:
+        cand = torch.cat([cand, ts])  # (K + P,): the in-batch negatives
+    vec = model.item_vectors(torch.cat([ts, cand]))  # one fusion for targets and candidates
+    pos_logit = (hs * vec[:P]).sum(-1, keepdim=True)  # (P, 1)
+    neg_logit = hs @ vec[P:].T  # (P, K [+ P])
+    if log_share is not None:
+        log_q = torch.log(num_negatives / N + P * log_share.to(hs.device).exp())  # (N+1,)
+        pos_logit = pos_logit - log_q[ts][:, None]
+        neg_logit = neg_logit - log_q[cand][None, :]
+    neg_logit = neg_logit.masked_fill(cand[None, :] == ts[:, None], float("-inf"))
     logits = torch.cat([pos_logit, neg_logit], dim=1)
-    return F.cross_entropy(logits, torch.zeros(len(ts), dtype=torch.long, device=items.device))
+    return F.cross_entropy(logits, torch.zeros(P, dtype=torch.long, device=items.device))
 
 
 def mixed_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor,
@@ -256,19 +265,7 @@ def mixed_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, 
 
     log_share: (N+1,) float, log of each item's share of the training targets.
     """
-    h = model.encode(items, types)  # fuses only the batch's own item vectors
-    sel = targets != 0
-    hs, ts = h[sel], targets[sel]  # (P, H), (P,)
-    P, N = len(ts), model.spec.num_items
-    uniform = torch.randint(1, N + 1, (num_negatives,), device=items.device)
-    cand = torch.cat([uniform, ts])  # (K + P,)
-    log_q = torch.log(num_negatives / N + P * log_share.to(hs.device).exp())  # (N+1,)
-    vec = model.item_vectors(torch.cat([ts, cand]))  # one fusion for targets and candidates
-    pos_logit = (hs * vec[:P]).sum(-1, keepdim=True) - log_q[ts][:, None]  # (P, 1)
-    neg_logit = hs @ vec[P:].T - log_q[cand][None, :]  # (P, K + P)
-    neg_logit = neg_logit.masked_fill(cand[None, :] == ts[:, None], float("-inf"))
-    logits = torch.cat([pos_logit, neg_logit], dim=1)
-    return F.cross_entropy(logits, torch.zeros(P, dtype=torch.long, device=items.device))
+    return sampled_softmax_loss(model, items, types, targets, num_negatives, log_share)
 
 
 def target_log_share(targets: torch.Tensor, num_items: int, *, counts: bool = False) -> torch.Tensor:
