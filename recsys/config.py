@@ -166,6 +166,7 @@ class TrainConfig:
     num_negatives: int = 2048
     negative_sampler: NegativeSampler = NegativeSampler.MIXED  # uniform | mixed (uniform + in-batch, log-Q corrected)
     length_buckets: int = 32  # batches pooled, sorted by length and cut to their longest sequence; 0 = off
+    ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights; 0 = off
     max_minutes: float = 30.0  # training time budget: ends mid-epoch, after a last validation (best epoch kept); 0 = no limit
 
     def __post_init__(self) -> None:
@@ -173,6 +174,8 @@ class TrainConfig:
             raise ConfigError("train.max_minutes must be >= 0 (0 = no limit)")
         if self.length_buckets < 0:
             raise ConfigError("train.length_buckets must be >= 0 (0 = off)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if self.num_negatives < 0:
             raise ConfigError("train.num_negatives must be >= 0 (0 = full softmax)")
         if self.full_softmax_max_items < 0:

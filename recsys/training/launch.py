@@ -154,6 +154,7 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         num_negatives=num_negatives,
         item_target_counts=target_counts(train_df, feats["num_items"]) if mixed else None,
         length_buckets=cfg.train.length_buckets,
+        ema_decay=cfg.train.ema_decay,
         max_seconds=cfg.train.max_minutes * 60.0,
     )
     log.info("starting TorchDistributor: %d processes, local_mode=%s, use_gpu=%s", world, cfg.train.local_mode, cfg.train.use_gpu)

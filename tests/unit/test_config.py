@@ -42,6 +42,7 @@ def test_derived_locations(tmp_path):
         ("train.max_minutes=-1", "train.max_minutes must be >= 0"),
         ("train.negative_sampler=popular", "'train.negative_sampler': 'popular' is not allowed; allowed values: uniform, mixed"),
         ("train.full_softmax_max_items=-1", "train.full_softmax_max_items must be >= 0"),
+        ("train.ema_decay=1.0", "train.ema_decay must be in [0, 1) (0 = off), got 1.0"),
         ("train.batch_size=129", "train.batch_size is the global batch: it must be a multiple of train.num_processes (2)"),
     ],
 )

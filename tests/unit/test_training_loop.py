@@ -1,8 +1,9 @@
-"""The training loop's batching: length buckets that keep DDP ranks in step."""
+"""The training loop: length buckets that keep DDP ranks in step, the time budget, the
+weight average, and training on mixed negatives."""
 
 import torch
 
-from recsys.training.loop import TIME_CHECK_STEPS, TrainJob, length_bucketed, train_worker
+from recsys.training.loop import TIME_CHECK_STEPS, TrainJob, WeightAverage, length_bucketed, train_worker
 
 
 def _stream(lengths: torch.Tensor, batch: int):
@@ -100,3 +101,29 @@ def test_mixed_negatives_train_through_the_loop():
     losses = [e["train_loss"] for e in summary["history"]]
     assert losses[-1] < losses[0]
     assert all(0.0 <= e["val_ndcg_at_10"] <= 1.0 for e in summary["history"])
+
+
+def test_weight_average_follows_the_weights_and_swaps_them_back():
+    w = torch.nn.Parameter(torch.tensor([0.0, 10.0]))
+    average = WeightAverage([w], decay=0.9)
+    values = [torch.tensor([1.0, 10.0]), torch.tensor([3.0, 6.0]), torch.tensor([5.0, 2.0])]
+    expected = torch.tensor([0.0, 10.0])
+    for n, v in enumerate(values, 1):
+        with torch.no_grad():
+            w.copy_(v)
+        average.update()
+        d = min(0.9, (1 + n) / (10 + n))  # 2/11, 3/12, then 4/13
+        expected = d * expected + (1 - d) * v
+    assert torch.allclose(average.shadow[0], expected)
+    with average.swapped():
+        assert torch.allclose(w.detach(), expected)
+    assert torch.equal(w.detach(), values[-1])  # the trained weights are back
+
+
+def test_training_with_a_weight_average_validates_it():
+    summary = train_worker(_job(max_seconds=0.0, epochs=3, ema_decay=0.99))
+    assert (summary["epochs_run"], summary["stopped_by"]) == (3, "epochs")
+    losses = [e["train_loss"] for e in summary["history"]]
+    assert losses[-1] < losses[0]
+    best = max(e["val_ndcg_at_10"] for e in summary["history"])
+    assert summary["best_val_ndcg_at_10"] == best
