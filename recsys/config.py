@@ -126,6 +126,7 @@ class ModelConfig:
     blocks: int = 2
     heads: int = 1
     dropout: float = 0.5
+    item_dropout: float = 0.0  # training only: share of history steps whose item vector is blanked
     side_features: bool = True
     text_features: bool = True  # add the projected item text embedding when item_text_embeddings exists
 
@@ -134,6 +135,8 @@ class ModelConfig:
             raise ConfigError("model.hidden must be divisible by model.heads")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("model.dropout must be in [0, 1)")
+        if not 0.0 <= self.item_dropout < 1.0:
+            raise ConfigError(f"model.item_dropout must be in [0, 1), got {self.item_dropout}")
 
 
 class Backend(str, enum.Enum):
@@ -167,6 +170,8 @@ class TrainConfig:
     negative_sampler: NegativeSampler = NegativeSampler.MIXED  # uniform | mixed (uniform + in-batch, log-Q corrected)
     length_buckets: int = 32  # batches pooled, sorted by length and cut to their longest sequence; 0 = off
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights; 0 = off
+    future_share: float = 0.0  # share of training targets drawn from the next future_window steps, not the next one
+    future_window: int = 1
     max_minutes: float = 30.0  # training time budget: ends mid-epoch, after a last validation (best epoch kept); 0 = no limit
 
     def __post_init__(self) -> None:
@@ -174,6 +179,10 @@ class TrainConfig:
             raise ConfigError("train.max_minutes must be >= 0 (0 = no limit)")
         if self.length_buckets < 0:
             raise ConfigError("train.length_buckets must be >= 0 (0 = off)")
+        if not 0.0 <= self.future_share <= 1.0:
+            raise ConfigError(f"train.future_share must be in [0, 1], got {self.future_share}")
+        if self.future_window < 1:
+            raise ConfigError(f"train.future_window must be >= 1, got {self.future_window}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if self.num_negatives < 0:

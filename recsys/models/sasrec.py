@@ -50,6 +50,7 @@ class SASRecSpec:
     blocks: int = 2
     heads: int = 1
     dropout: float = 0.2
+    item_dropout: float = 0.0  # training only: share of input steps whose item vector is blanked
     num_categories: int = 0
     num_brands: int = 0
     num_price_buckets: int = 0
@@ -141,6 +142,11 @@ class SASRec(nn.Module):
         # (see trim_padding) gives exactly the same outputs, for less work.
         pos = torch.arange(self.spec.max_len - L, self.spec.max_len, device=items.device)
         emb = self.item_vectors(items) if vectors is None else vectors[items]
+        if self.training and self.spec.item_dropout > 0:
+            # Blank whole items (their position and event type stay): the model learns to rely
+            # on the rest of the history rather than on any single step.
+            blank = torch.rand(B, L, 1, device=items.device) < self.spec.item_dropout
+            emb = emb.masked_fill(blank, 0.0)
         x = emb * math.sqrt(self.spec.hidden) + self.pos_emb(pos)[None] + self.type_emb(types)
         real = items != 0
         keep = real.unsqueeze(-1)  # (B, L, 1): padding stays zero, as in SASRec

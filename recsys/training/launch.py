@@ -118,6 +118,7 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "blocks": cfg.model.blocks,
         "heads": cfg.model.heads,
         "dropout": cfg.model.dropout,
+        "item_dropout": cfg.model.item_dropout,
         "num_categories": feats["num_categories"] if side else 0,
         "num_brands": feats["num_brands"] if side else 0,
         "num_price_buckets": feats["num_price_buckets"] if side else 0,
@@ -155,6 +156,8 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         item_target_counts=target_counts(train_df, feats["num_items"]) if mixed else None,
         length_buckets=cfg.train.length_buckets,
         ema_decay=cfg.train.ema_decay,
+        future_share=cfg.train.future_share,
+        future_window=cfg.train.future_window,
         max_seconds=cfg.train.max_minutes * 60.0,
     )
     log.info("starting TorchDistributor: %d processes, local_mode=%s, use_gpu=%s", world, cfg.train.local_mode, cfg.train.use_gpu)

@@ -40,6 +40,8 @@ class TrainJob:
     item_target_counts: list[int] | None = None  # (N+1,): the mixed sampler's log-Q correction
     length_buckets: int = 0  # 0 = batches as they come
     ema_decay: float = 0.0  # > 0: validate and keep the moving average of the weights
+    future_share: float = 0.0  # share of training targets replaced by a later step (see future_targets)
+    future_window: int = 1
     max_seconds: float = 0.0  # 0 = no time limit
     extra_tags: dict = field(default_factory=dict)
 
@@ -70,6 +72,27 @@ def _lr_at(step: int, job: TrainJob, total: int) -> float:
         return job.lr * (step + 1) / job.warmup_steps
     progress = min(1.0, (step - job.warmup_steps) / max(1, total - job.warmup_steps))
     return job.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def future_targets(targets, share: float, window: int, generator=None):
+    """Replace a ``share`` of the (B, L) left-padded next-item ``targets`` by the item of a
+    later step: position t gets the target of position t + j, j uniform in [0, w) where w is
+    ``window`` or the number of steps left. Every position keeps a real target (the targets
+    of a row are contiguous up to its last column); j = 0 is the next item itself.
+
+    Trains each position on what the user does in the next few steps, not only the very next
+    one: the order of a history matters less in some shops (check-ins, say) than in others.
+    """
+    import torch
+
+    if share <= 0 or window <= 1:
+        return targets
+    B, L = targets.shape
+    pos = torch.arange(L)
+    span = (L - pos).clamp_max(window)  # (L,) steps available from each position
+    offset = (torch.rand(B, L, generator=generator) * span).long()
+    pick = torch.where(torch.rand(B, L, generator=generator) < share, pos + offset, pos)
+    return torch.where(targets != 0, targets.gather(1, pick), targets)
 
 
 class WeightAverage:
@@ -191,6 +214,7 @@ def train_worker(job: TrainJob) -> dict:
     def loss_fn(batch: dict) -> torch.Tensor:
         # Called through the DDP wrapper (when there is one) so its gradient all-reduce fires.
         items, types, targets = trim_padding(batch["input_items"], batch["input_types"], batch["target_items"])
+        targets = future_targets(targets, job.future_share, job.future_window)
         return net(items.to(device), types.to(device), targets.to(device))
 
     def validate() -> tuple[float, float]:

@@ -238,3 +238,26 @@ def test_mixed_softmax_is_the_log_q_corrected_loss_over_uniform_and_in_batch_can
     assert torch.allclose(m(items, types, targets), got)
     got.backward()  # and it trains the item vectors
     assert m.item_emb.weight.grad[ts].abs().sum() > 0
+
+
+def test_item_dropout_blanks_whole_input_items_in_training_only():
+    """With item_dropout, training blanks the chosen steps' item vectors and keeps their
+    position and event type: the same as feeding, in eval mode, an item whose vector is zero
+    at those steps. Eval mode is untouched."""
+    m = make(side=False, item_dropout=0.5)
+    blank_id = 20
+    with torch.no_grad():
+        m.item_emb.weight[blank_id].zero_()
+    items, types = batch()
+    items = items.clamp_max(blank_id - 1)
+    real = items != 0
+    torch.manual_seed(3)
+    blank = torch.rand(2, 8, 1) < 0.5  # the draw encode makes (no other dropout: p = 0)
+    torch.manual_seed(3)
+    trained = m.train().encode(items, types)
+    expected = m.eval().encode(torch.where(blank.squeeze(-1) & real, blank_id, items), types)
+    assert (blank.squeeze(-1) & real).any() and not (blank.squeeze(-1) & real).all()
+    assert torch.allclose(trained, expected, atol=1e-6)
+    plain = make(side=False)
+    plain.load_state_dict(m.state_dict())
+    assert torch.equal(plain.eval()(items, types), m.eval()(items, types))

@@ -1,9 +1,10 @@
 """The training loop: length buckets that keep DDP ranks in step, the time budget, the
-weight average, and training on mixed negatives."""
+weight average, future targets, and training on mixed negatives."""
 
 import torch
 
-from recsys.training.loop import TIME_CHECK_STEPS, TrainJob, WeightAverage, length_bucketed, train_worker
+from recsys.training.loop import (TIME_CHECK_STEPS, TrainJob, WeightAverage, future_targets, length_bucketed,
+                                 train_worker)
 
 
 def _stream(lengths: torch.Tensor, batch: int):
@@ -127,3 +128,19 @@ def test_training_with_a_weight_average_validates_it():
     assert losses[-1] < losses[0]
     best = max(e["val_ndcg_at_10"] for e in summary["history"])
     assert summary["best_val_ndcg_at_10"] == best
+
+
+def test_future_targets_draw_from_the_next_steps_within_the_window():
+    targets = torch.tensor([[0, 0, 11, 12, 13, 14, 15], [0, 0, 0, 0, 0, 21, 22]])
+    assert torch.equal(future_targets(targets, 0.0, 3), targets)
+    assert torch.equal(future_targets(targets, 1.0, 1), targets)
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([future_targets(targets, 1.0, 3, gen) for _ in range(300)])  # (300, 2, 7)
+    assert (draws[:, targets == 0] == 0).all()  # padding keeps no target
+    for col in range(2, 7):
+        seen = set(draws[:, 0, col].tolist())
+        assert seen == set(targets[0, col:col + 3].tolist())  # itself and the next two, all drawn
+    assert set(draws[:, 1, 5].tolist()) == {21, 22} and (draws[:, 1, 6] == 22).all()
+    half = torch.stack([future_targets(targets, 0.5, 3, gen) for _ in range(2000)])
+    moved = (half[:, 0, 2] != 11).double().mean().item()
+    assert abs(moved - 0.5 * 2 / 3) < 0.05  # half are redrawn, and 2 of 3 redraws move
