@@ -107,7 +107,8 @@ class WeightAverage:
 
     def __init__(self, params, decay: float) -> None:
         self.params = list(params)
-        self.shadow = [p.detach().clone() for p in self.params]
+        self.values = [p.detach() for p in self.params]  # views that follow the in-place steps
+        self.shadow = [v.clone() for v in self.values]
         self.decay = decay
         self.updates = 0
 
@@ -117,7 +118,7 @@ class WeightAverage:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         with torch.no_grad():
-            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
+            torch._foreach_lerp_(self.shadow, self.values, 1.0 - d)
 
     @contextlib.contextmanager
     def swapped(self):
