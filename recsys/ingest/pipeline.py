@@ -34,6 +34,7 @@ from recsys.ingest import files as landing_files
 from recsys.ingest import rules
 from recsys.privacy import pseudonymise_col, resolve_key
 from recsys.tables import EVENT_TYPES, RAW_CATALOG_SCHEMA, RAW_EVENT_SCHEMA, RAW_USER_SCHEMA
+from recsys.timing import StepTimer
 
 SOURCES = ("catalog", "users", "events")
 RAW_SCHEMAS = {"catalog": RAW_CATALOG_SCHEMA, "users": RAW_USER_SCHEMA, "events": RAW_EVENT_SCHEMA}
@@ -225,9 +226,8 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str,
     Raises:
         FileNotFoundError: the landing folder or its ``events``/``catalog`` sub-folder is missing.
     """
-    from delta.tables import DeltaTable
-
     landing = check_landing(cfg)
+    timer = StepTimer()
     if full:
         reset_bronze(cfg)
     ensure_bronze(spark, cfg)
@@ -238,9 +238,10 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str,
     report: dict[str, Any] = {"run_id": run_id, "landing": str(landing), "mode": "full" if full else "incremental",
                               "started_at": started.isoformat()}
     manifest_rows: list[tuple] = []
-    quarantine = DeltaTable.forPath(spark, cfg.table_path("quarantine"))
+    quarantine = cfg.table_path("quarantine")
 
     done = ingested_files(spark, cfg)
+    timer.done("prepare")
     for source in SOURCES:
         files = new_files(spark, cfg, source, done)
         bad = [(f, *problem) for f in files if (problem := landing_files.precheck(f)) is not None]
@@ -254,19 +255,23 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str,
             for _, rule, _ in bad:
                 counts["files_quarantined"][rule] = counts["files_quarantined"].get(rule, 0) + 1
         rows = landing_files.read_rows(spark, good, RAW_SCHEMAS[source]) if good else None
+        timer.done(f"{source}.files")
         if rows is not None:
             counts = _merge_counts(counts, _ingest_rows(spark, cfg, source, rows, now, user_id, run_id, quarantine,
-                                                        fresh=full))
+                                                        fresh=full, timer=timer))
         counts["reconciles"] = counts["read"] == counts["accepted"] + counts["quarantined"] + counts["duplicates"]
         report[source] = counts
         manifest_rows += [(f.path, f.size, f.mtime_ns, source, run_id) for f in files]
+        timer.done(source)
 
     # The manifest goes last: until it is written, a rerun re-reads these files, and the
     # idempotent writes above make that harmless.
     if manifest_rows:
         spark.createDataFrame(manifest_rows, "path string, size long, mtime_ns long, source string, run_id string") \
             .withColumn("ingested_at", now).write.format("delta").mode("append").save(manifest_path(cfg))
+    timer.done("manifest")
     report["files_read"] = len(manifest_rows)
+    report["step_seconds"] = timer.seconds
     report["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
     report["report_path"] = str(write_report(cfg, "ingest", report))
     print(json.dumps({s: {k: report[s][k] for k in ("files", "read", "accepted", "quarantined", "duplicates")}
@@ -282,15 +287,24 @@ def _merge_counts(base: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _merge_quarantine(quarantine, rows: DataFrame) -> None:
-    (quarantine.alias("t").merge(rows.alias("s"), "t.row_key = s.row_key")
-     .whenNotMatchedInsertAll().execute())
+def _merge_quarantine(path: str, rows: DataFrame) -> None:
+    """Insert the ``rows`` whose ``row_key`` is not in the quarantine table at ``path`` yet (a
+    rerun after a crash meets its own rows again). An anti-join against the pre-write version
+    and an append: the rows an insert-only MERGE on ``row_key`` would insert, in less time."""
+    from delta.tables import DeltaTable
+
+    spark = rows.sparkSession
+    version = DeltaTable.forPath(spark, path).history(1).first()["version"]
+    known = spark.read.format("delta").option("versionAsOf", version).load(path).select("row_key")
+    rows.join(known, "row_key", "left_anti").write.format("delta").mode("append").save(path)
 
 
 def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame, now: Column, user_id: Column,
-                 run_id: str, quarantine, *, fresh: bool = False) -> dict[str, Any]:
+                 run_id: str, quarantine: str, *, fresh: bool = False, timer: StepTimer | None = None) -> dict[str, Any]:
     """Classify ``rows`` of ``source`` and write them. ``fresh``: the tables were just reset
-    (a full refresh), so plain appends replace the MERGEs and the cross-run duplicate check."""
+    (a full refresh), so plain appends replace the MERGEs and the cross-run duplicate check.
+    ``timer`` gets the seconds of each part as ``<source>.<part>``."""
+    timer = timer or StepTimer()
     from delta.tables import DeltaTable
 
     if source == "catalog":
@@ -371,13 +385,17 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
             # insert-only MERGE on event_id would repeat that join for nothing.)
             new.write.format("delta").mode("append").save(cfg.table_path(source))
             qkey = user_id
+        timer.done(f"{source}.write")
         q = _quarantine_rows(df, source, now, qkey, run_id)
         if fresh:
             q.write.format("delta").mode("append").save(cfg.table_path("quarantine"))
         else:
             _merge_quarantine(quarantine, q)
+        timer.done(f"{source}.quarantine")
         files = len({r[0] for r in df.select("source_file").distinct().collect()})
-        return _counts(df, source, files)
+        counts = _counts(df, source, files)
+        timer.done(f"{source}.counts")
+        return counts
     finally:
         df.unpersist()
 

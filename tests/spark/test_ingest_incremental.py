@@ -51,6 +51,8 @@ def test_each_run_reads_only_new_files_and_drops_redelivered_events(spark, cfg):
     assert r2["events"]["files"] == 1 and r2["events"]["read"] == 3
     assert (r2["events"]["accepted"], r2["events"]["duplicates"]) == (2, 1)
     assert r2["catalog"]["files"] == 0  # the catalogue file was not read again
+    # the report says where the run spent its time
+    assert {"prepare", "events.write", "events.quarantine", "events.counts", "manifest"} <= set(r2["step_seconds"])
     assert events(spark, cfg) == ["e0", "e1", "e2", "e3"]
     # the late event lands in its own date partition
     late = read_table(spark, cfg, "events").where("event_id = 'e0'").first()
