@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql.window import WindowSpec
 from pyspark.sql import functions as F
 
 from recsys.config import Config
@@ -26,6 +27,11 @@ from recsys.timing import StepTimer
 SPLITS = ("train", "validation", "test")
 WINDOWS_DAYS = (1, 7, 30)
 COUNT_KINDS = {"views": "view", "clicks": "click", "carts": "add_to_cart", "purchases": "purchase"}
+
+
+def by_time() -> WindowSpec:
+    """A user's events in time order (ties broken by event id)."""
+    return Window.partitionBy("user_id").orderBy("ts", "event_id")
 
 
 def _map_expr(mapping: dict[str, int], c: Column) -> Column:
@@ -71,8 +77,14 @@ def daily_item_counts(events: DataFrame) -> DataFrame:
     )
 
 
+def item_events(events: DataFrame) -> DataFrame:
+    """The events that concern an item: views, clicks, add-to-carts and purchases (not searches)."""
+    return events.where(F.col("item_id").isNotNull() & (F.col("event_type") != "search"))
+
+
 def item_user_counts(events: DataFrame) -> DataFrame:
-    return events.where(F.col("item_id").isNotNull()).groupBy("item_id").agg(F.countDistinct("user_id").alias("users"))
+    """Per item: the number of distinct users with an item event on it."""
+    return item_events(events).groupBy("item_id").agg(F.countDistinct("user_id").alias("users"))
 
 
 def assemble_item_profiles(ids: DataFrame, daily: DataFrame, users: DataFrame, as_of: dt.date | None) -> DataFrame:
@@ -121,10 +133,8 @@ def build_item_profiles(spark: SparkSession, cfg: Config, events: DataFrame, cat
 
 def build_steps(events: DataFrame, items: DataFrame) -> DataFrame:
     """Item events → one row per (user, step): ``item_idx``, deepest ``event_type``, ``ts``, ``step``."""
-    ev = events.where(F.col("event_type") != "search").join(
-        items.select("item_id", "item_idx"), "item_id"
-    )
-    w = Window.partitionBy("user_id").orderBy("ts", "event_id")
+    ev = item_events(events).join(items.select("item_id", "item_idx"), "item_id")
+    w = by_time()
     ev = ev.withColumn("_new", (F.lag("item_id").over(w).isNull() | (F.lag("item_id").over(w) != F.col("item_id"))).cast("int"))
     ev = ev.withColumn("step", F.sum("_new").over(w.rowsBetween(Window.unboundedPreceding, 0)))
     rank = _map_expr(FUNNEL_RANK, F.col("event_type"))
@@ -155,35 +165,91 @@ def _top_shares(steps: DataFrame, col: str, name: str, out: str, k: int = 3) -> 
     )
 
 
-def build_user_profiles(spark: SparkSession, cfg: Config, events: DataFrame, steps: DataFrame,
-                        users: DataFrame | None, items: DataFrame | None = None) -> DataFrame:
-    """One row per user: ordered history, counts per event type, recency / frequency /
-    monetary value, top categories and brands with their shares, price level, demographics.
+def _visit_start(previous_session: Column) -> Column:
+    """1 where an event starts a visit: it has a session id and the user's previous event (in
+    time order) had none or another one."""
+    s = F.col("session_id")
+    return (s.isNotNull() & (previous_session.isNull() | (previous_session != s))).cast("long")
+
+
+def _purchase_value() -> Column:
+    """A purchase's value in exact cents (price rounded to 2 decimals, times the quantity), so
+    that sums do not depend on the order they are added in."""
+    return F.when(F.col("event_type") == "purchase",
+                  F.col("price").cast("decimal(18,2)") * F.coalesce("quantity", F.lit(1)))
+
+
+def _count_aggs(visit: str) -> list[Column]:
+    return [
+        *[F.sum((F.col("event_type") == t).cast("long")).alias(f"n_{t}") for t in EVENT_TYPE_INDEX],
+        F.sum(visit).alias("n_sessions"),
+        F.min("ts").alias("first_ts"),
+        F.max("ts").alias("last_ts"),
+        F.max_by("session_id", F.struct("ts", "event_id")).alias("last_session_id"),
+        F.sum(_purchase_value()).alias("_value"),
+    ]
+
+
+COUNT_COLUMNS = [f"n_{t}" for t in EVENT_TYPE_INDEX]
+
+
+def user_event_counts(events: DataFrame) -> DataFrame:
+    """Per user: events per type, visits (``n_sessions``: runs of consecutive events with the
+    same session id), first and last event time, the last event's session id, and the
+    purchase value (``monetary``)."""
+    ev = events.withColumn("_visit", _visit_start(F.lag("session_id").over(by_time())))
+    return ev.groupBy("user_id").agg(*_count_aggs("_visit")) \
+        .withColumn("monetary", F.col("_value").cast("double")).drop("_value")
+
+
+def continued_counts(old: DataFrame, new: DataFrame) -> DataFrame:
+    """``user_event_counts`` of each user's earlier events plus ``new``, from the user's profile
+    row before them (``old``, may be missing) and ``new`` alone.
+
+    Exact when every new event is later than the profile's ``last_ts``: the counts and the
+    purchase value add up, and the first new event continues the visit of ``last_session_id``.
+    """
+    first = F.row_number().over(by_time()) == 1
+    previous = F.when(first, F.col("_last_session")).otherwise(F.lag("session_id").over(by_time()))
+    ev = new.join(old.select("user_id", F.col("last_session_id").alias("_last_session")), "user_id", "left")
+    add = ev.withColumn("_visit", _visit_start(previous)).groupBy("user_id").agg(*_count_aggs("_visit")).alias("a")
+    o = old.select("user_id", *COUNT_COLUMNS, "n_sessions", "first_ts", "last_ts", "last_session_id", "monetary").alias("o")
+    has_new = F.col("a.last_ts").isNotNull()
+    value = F.coalesce(F.col("o.monetary").cast("decimal(38,2)"), F.lit(0)) + F.coalesce(F.col("a._value"), F.lit(0))
+    return o.join(add, "user_id", "full").select(
+        "user_id",
+        *[(F.coalesce(f"o.{c}", F.lit(0)) + F.coalesce(f"a.{c}", F.lit(0))).alias(c) for c in [*COUNT_COLUMNS, "n_sessions"]],
+        F.coalesce("o.first_ts", "a.first_ts").alias("first_ts"),
+        F.when(has_new, F.col("a.last_ts")).otherwise(F.col("o.last_ts")).alias("last_ts"),
+        F.when(has_new, F.col("a.last_session_id")).otherwise(F.col("o.last_session_id")).alias("last_session_id"),
+        F.when(F.col("o.monetary").isNull() & F.col("a._value").isNull(), F.lit(None))
+        .otherwise(value).cast("double").alias("monetary"),
+    )
+
+
+def build_user_profiles(counts: DataFrame, steps: DataFrame, users: DataFrame | None,
+                        items: DataFrame | None = None) -> DataFrame:
+    """One row per user of ``counts`` (``user_event_counts``): ordered history, counts per event
+    type, recency / frequency / monetary value, top categories and brands with their shares,
+    price level, demographics.
 
     Recency is ``last_ts`` (days since = the reader's today minus it): storing a day count
     would make every profile change each day, and an incremental build touch every user.
     """
-    counts = events.groupBy("user_id").agg(
-        *[F.sum((F.col("event_type") == t).cast("long")).alias(f"n_{t}") for t in EVENT_TYPE_INDEX],
-        F.countDistinct("session_id").alias("n_sessions"),
-        F.min("ts").alias("first_ts"),
-        F.max("ts").alias("last_ts"),
-        F.round(F.sum(F.when(F.col("event_type") == "purchase", F.col("price") * F.coalesce("quantity", F.lit(1)))), 2)
-        .alias("monetary"),
-    )
     type_idx = _map_expr(EVENT_TYPE_INDEX, F.col("event_type"))
     hist = steps.groupBy("user_id").agg(
         F.sort_array(
             F.collect_list(F.struct("step", "ts", "item_id", "item_idx", "event_type", type_idx.alias("type_idx")))
         ).alias("_h"),
-        F.array_distinct(F.collect_list(F.when(F.col("purchased") == 1, F.col("item_idx")))).alias("purchased_item_idx"),
     )
     hist = hist.select(
         "user_id",
         F.transform("_h", lambda s: F.struct(s["ts"].alias("ts"), s["item_id"].alias("item_id"), s["event_type"].alias("event_type"))).alias("history"),
         F.transform("_h", lambda s: s["item_idx"]).alias("seq_item_idx"),
         F.transform("_h", lambda s: s["type_idx"]).alias("seq_type_idx"),
-        "purchased_item_idx",
+        # in the order of first purchase
+        F.array_distinct(F.transform(F.filter("_h", lambda s: s["event_type"] == "purchase"), lambda s: s["item_idx"]))
+        .alias("purchased_item_idx"),
     )
     prof = counts.join(hist, "user_id", "left").withColumn("n_steps", F.coalesce(F.size("seq_item_idx"), F.lit(0)))
     if items is not None:
@@ -197,6 +263,15 @@ def build_user_profiles(spark: SparkSession, cfg: Config, events: DataFrame, ste
     if users is not None:
         prof = prof.join(users.select("user_id", "age", "gender", "location"), "user_id", "left")
     return prof
+
+
+def history_steps(profiles: DataFrame) -> DataFrame:
+    """A profile's ``history`` back as one pseudo event per step, in step order, for
+    ``build_steps``: consecutive steps never share an item, so they stay one step each, and a
+    later event on the last step's item joins that step, as it would from the raw events."""
+    h = profiles.select("user_id", F.posexplode("history").alias("_pos", "h"))
+    return h.select("user_id", F.col("h.ts").alias("ts"), F.lpad(F.col("_pos").cast("string"), 10, "0").alias("event_id"),
+                    F.col("h.item_id").alias("item_id"), F.col("h.event_type").alias("event_type"))
 
 
 def _last_padded(arr: Column, length: int) -> Column:
@@ -260,7 +335,7 @@ def build_training_examples(cfg: Config, profiles: DataFrame) -> DataFrame:
 # --- orchestration: full and incremental builds -----------------------------------------------
 
 # Bump when the gold tables' definitions change: the next run rebuilds them in full.
-GOLD_SCHEMA_VERSION = 2
+GOLD_SCHEMA_VERSION = 3
 GOLD_TABLES = ("item_daily_counts", "item_profiles", "user_profiles", "training_examples")
 BRONZE_INPUTS = ("events", "catalog", "users")
 
@@ -329,20 +404,23 @@ def _why_full(spark: SparkSession, cfg: Config, last: dict[str, Any] | None, now
     return None
 
 
+CHANGE_COLUMNS = ["event_id", "ts", "user_id", "session_id", "event_type", "item_id", "price", "quantity",
+                  "event_date", "_change_type"]
+
+
 def _changes(spark: SparkSession, cfg: Config, last: dict[str, Any], now: dict[str, Any]) -> tuple[DataFrame, DataFrame]:
-    """From the change data feed since the last build: the changed ``events`` rows
-    (event_id, user_id, item_id, event_date, _change_type) and the affected user ids (those
-    of changed events and of changed ``users`` rows)."""
+    """From the change data feed since the last build: the changed ``events`` rows (the event
+    columns and ``_change_type``) and the affected user ids (those of changed events and of
+    changed ``users`` rows)."""
     ev_from, ev_to = last["tables"]["events"]["version"], now["tables"]["events"]["version"]
-    cols = "event_id string, user_id string, item_id string, event_date date, _change_type string"
     if ev_to > ev_from:
         changes = (
             spark.read.format("delta").option("readChangeFeed", "true")
             .option("startingVersion", ev_from + 1).option("endingVersion", ev_to)
-            .load(cfg.table_path("events")).select("event_id", "user_id", "item_id", "event_date", "_change_type")
+            .load(cfg.table_path("events")).select(*CHANGE_COLUMNS)
         )
     else:
-        changes = spark.createDataFrame([], cols)
+        changes = events_like_empty(spark, cfg)
     changes = changes.localCheckpoint()
     users = changes.select("user_id")
     u_before, u_now = last["tables"].get("users"), now["tables"].get("users")
@@ -355,20 +433,16 @@ def _changes(spark: SparkSession, cfg: Config, last: dict[str, Any], now: dict[s
     return changes, users.distinct().localCheckpoint()
 
 
-def _user_count_change(ev: DataFrame, changes: DataFrame) -> DataFrame:
-    """(item_id, delta): how the number of distinct users of each item changed.
+def events_like_empty(spark: SparkSession, cfg: Config) -> DataFrame:
+    """No changed events, with the change feed's columns."""
+    return read_table(spark, cfg, "events").limit(0).withColumn("_change_type", F.lit("insert")).select(*CHANGE_COLUMNS)
 
-    ``ev`` holds every current event of the affected users, so an item's users among them now
-    minus before (``ev`` without the inserted rows, plus the deleted ones) is the item's whole
-    change: no other user's events moved.
-    """
-    added = changes.where(F.col("_change_type").isin("insert", "update_postimage")).select("event_id")
-    removed = changes.where(F.col("_change_type").isin("delete", "update_preimage")).select("item_id", "user_id")
-    now = ev.select("item_id", "user_id")
-    before = ev.join(added, "event_id", "left_anti").select("item_id", "user_id").unionByName(removed)
 
-    def per_item(pairs: DataFrame, name: str) -> DataFrame:
-        return pairs.where(F.col("item_id").isNotNull()).distinct().groupBy("item_id").agg(F.count("*").alias(name))
+def _user_count_delta(now: DataFrame, before: DataFrame) -> DataFrame:
+    """(item_id, delta): how many more distinct users each item has in ``now`` than in
+    ``before`` (both events of the same users, after and before this run's changes)."""
+    def per_item(ev: DataFrame, name: str) -> DataFrame:
+        return item_events(ev).select("item_id", "user_id").distinct().groupBy("item_id").agg(F.count("*").alias(name))
 
     return (
         per_item(now, "_now").join(per_item(before, "_before"), "item_id", "full")
@@ -400,7 +474,7 @@ def _full_build(spark: SparkSession, cfg: Config, events: DataFrame, catalog: Da
     steps_t.done("item_profiles")
 
     steps = build_steps(events, items).localCheckpoint()  # read four times below
-    profiles = build_user_profiles(spark, cfg, events, steps, users, items)
+    profiles = build_user_profiles(user_event_counts(events), steps, users, items)
     write_table(profiles, cfg, "user_profiles")
     profiles = read_table(spark, cfg, "user_profiles")
     steps_t.done("user_profiles")
@@ -414,19 +488,44 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
                        steps_t: StepTimer) -> dict[str, Any]:
     """MERGE only what the new events concern; gives the same tables as a full build.
 
+    An affected user whose changes are only new events, all later than their profile's
+    ``last_ts`` (the usual case: today's logs), is *continued*: their steps are the profile's
+    history plus the new events, and their counts the profile's plus the new events' (see
+    ``continued_counts``), so none of their older events is read. Any other affected user
+    (late events, deleted or updated events) is *rebuilt* from all their events.
+
     The users' rows need only the item ids, categories, brands and price buckets, which an
     incremental build never changes (a changed catalogue forces a full one), so they read them
-    from the item profiles as they were before this run. (Building the item side and the user
-    side in two threads was tried: no faster, the steps are CPU-bound on two cores.)"""
+    from the item profiles as they were before this run."""
     from delta.tables import DeltaTable
 
     changes, affected_users = _changes(spark, cfg, last, now)
     pairs = changes.where(F.col("item_id").isNotNull()).select("item_id", "event_date").distinct().localCheckpoint()
     n_pairs, n_users = pairs.count(), affected_users.count()
     as_of = events.agg(F.max("event_date")).first()[0]
-    # Every current event of the affected users: read once, used for items and users alike.
-    ev = events.join(F.broadcast(affected_users), "user_id", "left_semi").localCheckpoint()
     current = read_table(spark, cfg, "item_profiles").localCheckpoint()
+
+    inserted = changes.where(F.col("_change_type") == "insert").drop("_change_type")
+    old = read_table(spark, cfg, "user_profiles").join(F.broadcast(affected_users), "user_id", "left_semi")
+    late = (inserted.groupBy("user_id").agg(F.min("ts").alias("_first")).join(old.select("user_id", "last_ts"), "user_id")
+            .where(F.col("_first") <= F.col("last_ts")).select("user_id"))
+    rebuilt = late.unionByName(changes.where(F.col("_change_type") != "insert").select("user_id")).distinct() \
+        .localCheckpoint()
+    n_rebuilt = rebuilt.count()
+    continued = affected_users.join(rebuilt, "user_id", "left_anti")
+    old = old.join(F.broadcast(continued), "user_id", "left_semi").localCheckpoint()
+    new = inserted.join(F.broadcast(continued), "user_id", "left_semi")
+    old_steps = history_steps(old)
+    cols = ["user_id", "ts", "event_id", "item_id", "event_type"]
+    parts = [(old_steps.unionByName(new.select(*cols)), old_steps, continued_counts(old, new))]
+    if n_rebuilt:
+        # Every current event of the rebuilt users, and the same users' events before this run.
+        ev = events.join(F.broadcast(rebuilt), "user_id", "left_semi").localCheckpoint()
+        mine = changes.join(F.broadcast(rebuilt), "user_id", "left_semi")
+        added = mine.where(F.col("_change_type").isin("insert", "update_postimage")).select("event_id")
+        removed = mine.where(F.col("_change_type").isin("delete", "update_preimage")).select(*cols)
+        parts.append((ev, ev.join(added, "event_id", "left_anti").select(*cols).unionByName(removed),
+                      user_event_counts(ev)))
     steps_t.done("change_feed")
 
     # 1. Daily item counts: recompute the touched (item, day) cells from those days' partitions.
@@ -441,10 +540,15 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
         ).whenMatchedDelete(empty).whenMatchedUpdateAll().whenNotMatchedInsertAll(f"NOT ({empty})").execute()
     steps_t.done("item_daily_counts")
 
-    # 2. Item profiles: distinct users move by the affected users' change only; windows and
-    #    ranks come from the small daily table.
+    # 2. Item profiles: distinct users move by the affected users' change only (no other user's
+    #    events moved); windows and ranks come from the small daily table.
+    delta = None
+    for now_ev, before_ev, _ in parts:
+        d = _user_count_delta(now_ev, before_ev)
+        delta = d if delta is None else delta.unionByName(d)
+    delta = delta.groupBy("item_id").agg(F.sum("delta").alias("delta"))
     user_counts = (
-        current.select("item_id", "users").join(_user_count_change(ev, changes), "item_id", "left")
+        current.select("item_id", "users").join(delta, "item_id", "left")
         .select("item_id", (F.col("users") + F.coalesce("delta", F.lit(0))).alias("users"))
     )
     ids = current.select("item_id", "item_idx", "title", "category", "top_category", "category_idx", "brand",
@@ -465,10 +569,15 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
         _merge(spark, cfg, "item_profiles", changed, ["item_id"])
     steps_t.done("item_profiles")
 
-    # 3. Users whose events (or demographics) changed: rebuild their rows from their events.
+    # 3. The affected users' rows: continued or rebuilt, then MERGEd.
     if n_users:
-        steps = build_steps(ev, current).localCheckpoint()
-        profiles = build_user_profiles(spark, cfg, ev, steps, users, current).localCheckpoint()
+        steps = None
+        counts = None
+        for now_ev, _, c in parts:
+            s = build_steps(now_ev, current)
+            steps = s if steps is None else steps.unionByName(s)
+            counts = c if counts is None else counts.unionByName(c)
+        profiles = build_user_profiles(counts, steps.localCheckpoint(), users, current).localCheckpoint()
         steps_t.done("user_rows")
         with ThreadPoolExecutor(2) as pool:  # two tables, two independent MERGEs
             merges = [pool.submit(_merge, spark, cfg, "user_profiles", profiles, ["user_id"]),
@@ -478,7 +587,7 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
                 m.result()
         steps_t.done("user_profiles_and_training_examples")  # both MERGEs, run side by side
     return {"as_of_date": str(as_of) if as_of else None, "affected_users": n_users,
-            "touched_item_days": n_pairs, "changed_item_rows": changed_items}
+            "rebuilt_users": n_rebuilt, "touched_item_days": n_pairs, "changed_item_rows": changed_items}
 
 
 def build_profiles(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str, Any]:

@@ -116,7 +116,59 @@ def test_incremental_build_touches_only_new_users_and_equals_a_full_rebuild(spar
     rep = build_profiles(spark, cfg)
     assert rep["mode"] == "incremental"
     assert rep["affected_users"] == new_users < rep["user_profiles"]
+    # Both kinds of affected user occur: those with late events are rebuilt from all their
+    # events, the others continued from their profile rows.
+    assert 0 < rep["rebuilt_users"] < rep["affected_users"]
     assert {r["item_id"]: r["item_idx"] for r in read_table(spark, cfg, "item_profiles").collect()} == ids_before
+
+    incremental = {t: spark.read.format("delta").load(cfg.table_path(t)).localCheckpoint() for t in GOLD_TABLES}
+    assert build_profiles(spark, cfg, full=True)["mode"] == "full"
+    for t in GOLD_TABLES:
+        assert _same_rows(incremental[t], read_table(spark, cfg, t)), f"{t} differs from a full rebuild"
+
+
+def test_continued_profiles_equal_a_full_rebuild(spark, cfg):
+    """New events after a profile's last event continue it: the visit of the last session
+    goes on, an event on the last step's item joins that step, purchase values add exactly."""
+    cat = spark.createDataFrame(
+        [(f"i{k}", f"Item {k}", "", "A>B" if k % 2 else "C>D", "b", 0.1 * k + 0.2, True) for k in range(1, 6)],
+        "item_id string, title string, description string, category string, brand string, price double, in_stock boolean",
+    )
+    write_table(cat, cfg, "catalog")
+    t0 = dt.datetime(2026, 10, 1, 10, 0, 0)
+    schema = ("event_id string, ts timestamp, user_id string, session_id string, event_type string, item_id string, "
+              "query string, price double, quantity int")
+
+    def rows(first, spec):
+        return spark.createDataFrame(
+            [(f"e{first + n:03d}", t0 + dt.timedelta(hours=first + n), u, s, et, item, None, price, qty)
+             for n, (u, s, et, item, price, qty) in enumerate(spec)], schema,
+        ).withColumn("event_date", F.to_date("ts"))
+
+    day1 = [("u1", "s1", "view", "i1", 0.3, None), ("u1", "s1", "purchase", "i1", 0.3, 3),
+            ("u1", "s2", "view", "i2", 0.4, None), ("u1", None, "search", None, None, None),
+            ("u1", "s3", "view", "i3", 0.5, None),
+            ("u2", "s9", "view", "i4", 0.6, None), ("u2", "s9", "view", "i5", 0.7, None)]
+    day2 = [("u1", "s3", "add_to_cart", "i3", 0.5, None),   # same session, same item as the last step
+            ("u1", "s3", "purchase", "i3", 0.1 + 0.2, 7),     # a price with a binary rounding error
+            ("u1", "s4", "view", "i1", 0.3, None),
+            ("u3", None, "view", "i2", 0.4, None), ("u3", "s5", "view", "i2", 0.4, None)]  # a new user
+    rows(0, day1).write.format("delta").option("delta.enableChangeDataFeed", "true").save(cfg.table_path("events"))
+    assert build_profiles(spark, cfg)["mode"] == "full"
+    rows(len(day1), day2).write.format("delta").mode("append").save(cfg.table_path("events"))
+    rep = build_profiles(spark, cfg)
+    assert rep["mode"] == "incremental"
+    assert (rep["affected_users"], rep["rebuilt_users"]) == (2, 0)
+
+    prof = {r["user_id"]: r for r in read_table(spark, cfg, "user_profiles").collect()}
+    u1 = prof["u1"]
+    assert [(h["item_id"], h["event_type"]) for h in u1["history"]] == [
+        ("i1", "purchase"), ("i2", "view"), ("i3", "purchase"), ("i1", "view")]
+    assert u1["n_sessions"] == 4  # s1, s2, s3 (over both days), s4; the search has no session
+    assert u1["last_session_id"] == "s4"
+    assert u1["monetary"] == 3.0  # 3 x 0.30 + 7 x 0.30, summed in exact cents
+    assert (prof["u3"]["n_sessions"], prof["u3"]["n_view"]) == (1, 2)
+    assert prof["u2"]["n_sessions"] == 1  # untouched
 
     incremental = {t: spark.read.format("delta").load(cfg.table_path(t)).localCheckpoint() for t in GOLD_TABLES}
     assert build_profiles(spark, cfg, full=True)["mode"] == "full"
