@@ -150,18 +150,20 @@ def build_steps(events: DataFrame, items: DataFrame) -> DataFrame:
     return steps.withColumn("event_type", F.element_at(names, F.col("funnel")))
 
 
-def _top_shares(steps: DataFrame, col: str, name: str, out: str, k: int = 3) -> DataFrame:
-    """Per user: the ``k`` most frequent values of ``col`` among their steps, with their share."""
-    per = steps.where(F.col(col).isNotNull()).groupBy("user_id", col).count()
+def _tops(per: DataFrame, name: str, out: str, k: int = 3) -> DataFrame:
+    """From (user_id, ``name``, count) rows: the ``k`` most frequent values with their share
+    (``out``), and every value's count in value order (``<name>_counts``, the state an
+    incremental build adds new steps to)."""
     per = per.withColumn("share", F.col("count") / F.sum("count").over(Window.partitionBy("user_id")))
     return per.groupBy("user_id").agg(
         F.slice(
             F.transform(
-                F.sort_array(F.collect_list(F.struct(F.col("count"), F.col(col).alias("value"), F.col("share"))), asc=False),
+                F.sort_array(F.collect_list(F.struct(F.col("count"), F.col(name).alias("value"), F.col("share"))), asc=False),
                 lambda x: F.struct(x["value"].alias(name), F.round(x["share"], 4).alias("share")),
             ),
             1, k,
-        ).alias(out)
+        ).alias(out),
+        F.sort_array(F.collect_list(F.struct(F.col(name), F.col("count")))).alias(f"{name}_counts"),
     )
 
 
@@ -227,51 +229,114 @@ def continued_counts(old: DataFrame, new: DataFrame) -> DataFrame:
     )
 
 
-def build_user_profiles(counts: DataFrame, steps: DataFrame, users: DataFrame | None,
-                        items: DataFrame | None = None) -> DataFrame:
-    """One row per user of ``counts`` (``user_event_counts``): ordered history, counts per event
-    type, recency / frequency / monetary value, top categories and brands with their shares,
-    price level, demographics.
+def _history(h: Column) -> dict[str, Column]:
+    """The history columns from ``h``, a user's steps as structs sorted by step."""
+    return {
+        "history": F.transform(h, lambda s: F.struct(s["ts"].alias("ts"), s["item_id"].alias("item_id"),
+                                                     s["event_type"].alias("event_type"))),
+        "seq_item_idx": F.transform(h, lambda s: s["item_idx"]),
+        "seq_type_idx": F.transform(h, lambda s: s["type_idx"]),
+    }
 
-    Recency is ``last_ts`` (days since = the reader's today minus it): storing a day count
-    would make every profile change each day, and an incremental build touch every user.
-    """
+
+def _sorted_steps(steps: DataFrame) -> DataFrame:
+    """(user_id, _h): each user's steps as structs sorted by step."""
     type_idx = _map_expr(EVENT_TYPE_INDEX, F.col("event_type"))
-    hist = steps.groupBy("user_id").agg(
-        F.sort_array(
-            F.collect_list(F.struct("step", "ts", "item_id", "item_idx", "event_type", type_idx.alias("type_idx")))
-        ).alias("_h"),
+    return steps.groupBy("user_id").agg(F.sort_array(F.collect_list(
+        F.struct("step", "ts", "item_id", "item_idx", "event_type", type_idx.alias("type_idx")))).alias("_h"))
+
+
+def _purchased(h: Column) -> Column:
+    """Distinct purchased items, in the order of their first purchase."""
+    return F.array_distinct(F.transform(F.filter(h, lambda s: s["event_type"] == "purchase"), lambda s: s["item_idx"]))
+
+
+def _step_features(steps: DataFrame, items: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """Per-step rows for the additive step features: (user_id, category, count),
+    (user_id, brand, count) and (user_id, priced_steps, price_bucket_sum)."""
+    rich = steps.join(items.select("item_idx", "top_category", "brand", "price_bucket"), "item_idx")
+    one = F.lit(1).cast("long")
+    priced = F.col("price_bucket") > 0
+    return (
+        rich.where(F.col("top_category").isNotNull()).select("user_id", F.col("top_category").alias("category"), one.alias("count")),
+        rich.where(F.col("brand").isNotNull()).select("user_id", "brand", one.alias("count")),
+        rich.select("user_id", F.when(priced, 1).otherwise(0).cast("long").alias("priced_steps"),
+                    F.when(priced, F.col("price_bucket")).cast("long").alias("price_bucket_sum")),
     )
-    hist = hist.select(
-        "user_id",
-        F.transform("_h", lambda s: F.struct(s["ts"].alias("ts"), s["item_id"].alias("item_id"), s["event_type"].alias("event_type"))).alias("history"),
-        F.transform("_h", lambda s: s["item_idx"]).alias("seq_item_idx"),
-        F.transform("_h", lambda s: s["type_idx"]).alias("seq_type_idx"),
-        # in the order of first purchase
-        F.array_distinct(F.transform(F.filter("_h", lambda s: s["event_type"] == "purchase"), lambda s: s["item_idx"]))
-        .alias("purchased_item_idx"),
+
+
+def _assemble_user_profiles(counts: DataFrame, hist: DataFrame, categories: DataFrame, brands: DataFrame,
+                            prices: DataFrame, users: DataFrame | None) -> DataFrame:
+    per = lambda df, name: df.groupBy("user_id", name).agg(F.sum("count").alias("count"))  # noqa: E731
+    price = prices.groupBy("user_id").agg(F.sum("priced_steps").alias("priced_steps"),
+                                          F.sum("price_bucket_sum").alias("price_bucket_sum"))
+    prof = (
+        counts.join(hist, "user_id", "left")
+        .withColumn("n_steps", F.coalesce(F.size("seq_item_idx"), F.lit(0)))
+        .join(_tops(per(categories, "category"), "category", "top_categories"), "user_id", "left")
+        .join(_tops(per(brands, "brand"), "brand", "top_brands"), "user_id", "left")
+        .join(price, "user_id", "left")
+        # mean price bucket over the steps whose item has a price
+        .withColumn("price_level", F.when(F.col("priced_steps") > 0,
+                                          F.round(F.col("price_bucket_sum") / F.col("priced_steps"), 2)))
     )
-    prof = counts.join(hist, "user_id", "left").withColumn("n_steps", F.coalesce(F.size("seq_item_idx"), F.lit(0)))
-    if items is not None:
-        rich = steps.join(items.select("item_idx", "top_category", "brand", "price_bucket"), "item_idx")
-        prof = (
-            prof.join(_top_shares(rich, "top_category", "category", "top_categories"), "user_id", "left")
-            .join(_top_shares(rich, "brand", "brand", "top_brands"), "user_id", "left")
-            .join(rich.groupBy("user_id").agg(F.round(F.avg(F.when(F.col("price_bucket") > 0, F.col("price_bucket"))), 2)
-                                              .alias("price_level")), "user_id", "left")
-        )
     if users is not None:
         prof = prof.join(users.select("user_id", "age", "gender", "location"), "user_id", "left")
     return prof
 
 
-def history_steps(profiles: DataFrame) -> DataFrame:
-    """A profile's ``history`` back as one pseudo event per step, in step order, for
-    ``build_steps``: consecutive steps never share an item, so they stay one step each, and a
-    later event on the last step's item joins that step, as it would from the raw events."""
-    h = profiles.select("user_id", F.posexplode("history").alias("_pos", "h"))
-    return h.select("user_id", F.col("h.ts").alias("ts"), F.lpad(F.col("_pos").cast("string"), 10, "0").alias("event_id"),
-                    F.col("h.item_id").alias("item_id"), F.col("h.event_type").alias("event_type"))
+def build_user_profiles(counts: DataFrame, steps: DataFrame, users: DataFrame | None, items: DataFrame) -> DataFrame:
+    """One row per user of ``counts`` (``user_event_counts``): ordered history, counts per event
+    type, recency / frequency / monetary value, top categories and brands with their shares,
+    price level, demographics, plus the additive state an incremental build continues from
+    (``category_counts``, ``brand_counts``, ``priced_steps``, ``price_bucket_sum``).
+
+    Recency is ``last_ts`` (days since = the reader's today minus it): storing a day count
+    would make every profile change each day, and an incremental build touch every user.
+    """
+    h = _sorted_steps(steps)
+    hist = h.select("user_id", *[c.alias(name) for name, c in _history(F.col("_h")).items()],
+                    _purchased(F.col("_h")).alias("purchased_item_idx"))
+    return _assemble_user_profiles(counts, hist, *_step_features(steps, items), users)
+
+
+def continue_user_profiles(old: DataFrame, new: DataFrame, counts: DataFrame, users: DataFrame | None,
+                           items: DataFrame) -> DataFrame:
+    """``build_user_profiles`` for users whose new events (``new``) all come after their profile
+    row (``old``; missing for a new user), from those two alone: no older event is read.
+
+    The profile's last step goes back in as one pseudo event before the new events, so that
+    ``build_steps`` joins a new event on the same item to it, as it would from the raw events;
+    the steps before it are kept as they are. ``counts`` is ``continued_counts(old, new)``;
+    category and brand counts and the price sums add up the same way."""
+    cols = ["user_id", "ts", "event_id", "item_id", "event_type"]
+    last = old.where(F.col("n_steps") > 0).select("user_id", F.try_element_at("history", F.lit(-1)).alias("h"))
+    pseudo = last.select("user_id", F.col("h.ts").alias("ts"), F.lit("").alias("event_id"),
+                         F.col("h.item_id").alias("item_id"), F.col("h.event_type").alias("event_type"))
+    tail_steps = build_steps(pseudo.unionByName(new.select(*cols)), items).localCheckpoint()
+
+    # History: the old steps but the last, then the tail (the last old step, re-derived, and the new ones).
+    o = old.select("user_id", "history", "seq_item_idx", "seq_type_idx", "purchased_item_idx", "n_steps").alias("o")
+    t = _sorted_steps(tail_steps).alias("t")
+    keep = F.greatest(F.coalesce(F.col("o.n_steps"), F.lit(0)) - 1, F.lit(0))
+    tail = _history(F.coalesce(F.col("t._h"), F.array()))
+    both = o.join(t, "user_id", "full")
+    seq = {name: F.concat(F.coalesce(F.slice(F.col(f"o.{name}"), 1, keep), F.array()), c) for name, c in tail.items()}
+    purchased = F.array_distinct(F.concat(F.coalesce(F.col("o.purchased_item_idx"), F.array()),
+                                          _purchased(F.coalesce(F.col("t._h"), F.array()))))
+    any_steps = F.size(seq["seq_item_idx"]) > 0  # a user without steps has no history, as in a full build
+    hist = both.select("user_id", *[F.when(any_steps, c).alias(name) for name, c in seq.items()],
+                       F.when(any_steps, purchased).alias("purchased_item_idx"))
+
+    # Additive step features: the old counts plus those of the new steps (not the re-derived one).
+    had = old.select("user_id", (F.col("n_steps") > 0).alias("_had"))
+    fresh = tail_steps.join(had, "user_id", "left").where(~(F.coalesce("_had", F.lit(False)) & (F.col("step") == 1)))
+    categories, brands, prices = _step_features(fresh, items)
+    categories = categories.unionByName(
+        old.select("user_id", F.explode("category_counts").alias("c")).select("user_id", "c.category", "c.count"))
+    brands = brands.unionByName(old.select("user_id", F.explode("brand_counts").alias("c")).select("user_id", "c.brand", "c.count"))
+    prices = prices.unionByName(old.where(F.col("priced_steps").isNotNull()).select("user_id", "priced_steps", "price_bucket_sum"))
+    return _assemble_user_profiles(counts, hist, categories, brands, prices, users)
 
 
 def _last_padded(arr: Column, length: int) -> Column:
@@ -515,17 +580,23 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
     continued = affected_users.join(rebuilt, "user_id", "left_anti")
     old = old.join(F.broadcast(continued), "user_id", "left_semi").localCheckpoint()
     new = inserted.join(F.broadcast(continued), "user_id", "left_semi")
-    old_steps = history_steps(old)
-    cols = ["user_id", "ts", "event_id", "item_id", "event_type"]
-    parts = [(old_steps.unionByName(new.select(*cols)), old_steps, continued_counts(old, new))]
+    # Item user counts move by each affected user's items that are new to them.
+    first_time = (
+        item_events(new).select("user_id", "item_id").distinct().join(current.select("item_id", "item_idx"), "item_id")
+        .join(old.select("user_id", "seq_item_idx"), "user_id", "left")
+        .where(F.col("seq_item_idx").isNull() | ~F.array_contains("seq_item_idx", F.col("item_idx")))
+    )
+    deltas = [first_time.groupBy("item_id").agg(F.count("*").alias("delta"))]
+    rebuilt_ev = None
     if n_rebuilt:
         # Every current event of the rebuilt users, and the same users' events before this run.
-        ev = events.join(F.broadcast(rebuilt), "user_id", "left_semi").localCheckpoint()
+        cols = ["user_id", "ts", "event_id", "item_id", "event_type"]
+        rebuilt_ev = events.join(F.broadcast(rebuilt), "user_id", "left_semi").localCheckpoint()
         mine = changes.join(F.broadcast(rebuilt), "user_id", "left_semi")
         added = mine.where(F.col("_change_type").isin("insert", "update_postimage")).select("event_id")
         removed = mine.where(F.col("_change_type").isin("delete", "update_preimage")).select(*cols)
-        parts.append((ev, ev.join(added, "event_id", "left_anti").select(*cols).unionByName(removed),
-                      user_event_counts(ev)))
+        deltas.append(_user_count_delta(
+            rebuilt_ev, rebuilt_ev.join(added, "event_id", "left_anti").select(*cols).unionByName(removed)))
     steps_t.done("change_feed")
 
     # 1. Daily item counts: recompute the touched (item, day) cells from those days' partitions.
@@ -542,10 +613,7 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
 
     # 2. Item profiles: distinct users move by the affected users' change only (no other user's
     #    events moved); windows and ranks come from the small daily table.
-    delta = None
-    for now_ev, before_ev, _ in parts:
-        d = _user_count_delta(now_ev, before_ev)
-        delta = d if delta is None else delta.unionByName(d)
+    delta = deltas[0] if len(deltas) == 1 else deltas[0].unionByName(deltas[1])
     delta = delta.groupBy("item_id").agg(F.sum("delta").alias("delta"))
     user_counts = (
         current.select("item_id", "users").join(delta, "item_id", "left")
@@ -571,13 +639,11 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
 
     # 3. The affected users' rows: continued or rebuilt, then MERGEd.
     if n_users:
-        steps = None
-        counts = None
-        for now_ev, _, c in parts:
-            s = build_steps(now_ev, current)
-            steps = s if steps is None else steps.unionByName(s)
-            counts = c if counts is None else counts.unionByName(c)
-        profiles = build_user_profiles(counts, steps.localCheckpoint(), users, current).localCheckpoint()
+        profiles = continue_user_profiles(old, new, continued_counts(old, new), users, current)
+        if rebuilt_ev is not None:
+            steps = build_steps(rebuilt_ev, current).localCheckpoint()
+            profiles = profiles.unionByName(build_user_profiles(user_event_counts(rebuilt_ev), steps, users, current))
+        profiles = profiles.localCheckpoint()
         steps_t.done("user_rows")
         with ThreadPoolExecutor(2) as pool:  # two tables, two independent MERGEs
             merges = [pool.submit(_merge, spark, cfg, "user_profiles", profiles, ["user_id"]),
