@@ -7,7 +7,8 @@ whose raw text could not be parsed into a user id, rows whose raw text holds the
 The deletion is recorded in the ``forget_audit`` table with the pseudonym only.
 
 Delta keeps the deleted rows in older files for time travel until they are vacuumed. On a
-table with deletion vectors (the default for new tables on Databricks) a DELETE does not even
+table with deletion vectors (the default for new tables on Databricks, and on by default here
+for ``user_profiles`` and ``training_examples``) a DELETE does not even
 rewrite the file: it only marks the rows deleted, and the file stays part of the current
 version, so VACUUM alone cannot remove it. To purge the rows physically run, after the
 retention period (or with a shorter one),

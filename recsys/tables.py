@@ -66,8 +66,15 @@ def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
 
 
 def write_table(df: DataFrame, cfg: Config, name: str, *, partition_by: list[str] | None = None,
-                replace_where: str | None = None) -> None:
-    """Overwrite the Delta table ``name`` (or only the rows matching ``replace_where``)."""
+                replace_where: str | None = None, properties: dict[str, str] | None = None) -> None:
+    """Overwrite the Delta table ``name`` (or only the rows matching ``replace_where``).
+
+    ``properties`` are table properties (``delta.…``): set when the write creates the table,
+    and added with ``ALTER TABLE`` to an existing table that lacks them."""
+    from delta.tables import DeltaTable
+
+    path = cfg.table_path(name)
+    existed = bool(properties) and DeltaTable.isDeltaTable(df.sparkSession, path)
     writer = df.write.format("delta").mode("overwrite")
     if replace_where:
         writer = writer.option("replaceWhere", replace_where)
@@ -75,7 +82,15 @@ def write_table(df: DataFrame, cfg: Config, name: str, *, partition_by: list[str
         writer = writer.option("overwriteSchema", "true")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    writer.save(cfg.table_path(name))
+    for key, value in (properties or {}).items():
+        writer = writer.option(key, value)
+    writer.save(path)
+    if existed:
+        have = DeltaTable.forPath(df.sparkSession, path).detail().first()["properties"]
+        missing = {k: v for k, v in properties.items() if have.get(k) != v}
+        if missing:
+            props = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
+            df.sparkSession.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({props})")
 
 
 def table_exists(cfg: Config, name: str) -> bool:

@@ -403,6 +403,11 @@ def build_training_examples(cfg: Config, profiles: DataFrame) -> DataFrame:
 GOLD_SCHEMA_VERSION = 3
 GOLD_TABLES = ("item_daily_counts", "item_profiles", "user_profiles", "training_examples")
 BRONZE_INPUTS = ("events", "catalog", "users")
+# An incremental build MERGEs the affected users (a fifth of them after a day of a shop's
+# logs) into user_profiles and training_examples, spread over every file. With deletion
+# vectors a MERGE writes the new rows and marks the old ones deleted instead of rewriting
+# every file: its time fell by about a third at 5M events.
+MERGED_BY_USER = {"delta.enableDeletionVectors": "true"}
 
 
 def log_path(cfg: Config) -> str:
@@ -540,10 +545,11 @@ def _full_build(spark: SparkSession, cfg: Config, events: DataFrame, catalog: Da
 
     steps = build_steps(events, items).localCheckpoint()  # read four times below
     profiles = build_user_profiles(user_event_counts(events), steps, users, items)
-    write_table(profiles, cfg, "user_profiles")
+    write_table(profiles, cfg, "user_profiles", properties=MERGED_BY_USER)
     profiles = read_table(spark, cfg, "user_profiles")
     steps_t.done("user_profiles")
-    write_table(build_training_examples(cfg, profiles), cfg, "training_examples", partition_by=["split"])
+    write_table(build_training_examples(cfg, profiles), cfg, "training_examples", partition_by=["split"],
+                properties=MERGED_BY_USER)
     steps_t.done("training_examples")
     return {"as_of_date": str(as_of) if as_of else None}
 

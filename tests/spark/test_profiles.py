@@ -174,6 +174,11 @@ def test_continued_profiles_equal_a_full_rebuild(spark, cfg):
     assert build_profiles(spark, cfg, full=True)["mode"] == "full"
     for t in GOLD_TABLES:
         assert _same_rows(incremental[t], read_table(spark, cfg, t)), f"{t} differs from a full rebuild"
+    # the per-user MERGE targets write deletion vectors instead of rewriting every file
+    from delta.tables import DeltaTable
+    for t in ("user_profiles", "training_examples"):
+        props = DeltaTable.forPath(spark, cfg.table_path(t)).detail().first()["properties"]
+        assert props.get("delta.enableDeletionVectors") == "true", t
 
 
 def test_validation_share_turns_other_users_validation_step_into_training(spark, tmp_path):
