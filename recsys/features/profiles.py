@@ -573,10 +573,16 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
     changes, affected_users = _changes(spark, cfg, last, now)
     pairs = changes.where(F.col("item_id").isNotNull()).select("item_id", "event_date").distinct().localCheckpoint()
     n_pairs, n_users = pairs.count(), affected_users.count()
-    as_of = events.agg(F.max("event_date")).first()[0]
+    inserted = changes.where(F.col("_change_type") == "insert").drop("_change_type")
+    removed_any = changes.where(F.col("_change_type") != "insert").limit(1).count() > 0
+    before = dt.date.fromisoformat(last["as_of_date"]) if last.get("as_of_date") else None
+    if before is not None and not removed_any:  # the newest day can only have moved forward
+        newest = inserted.agg(F.max("event_date")).first()[0]
+        as_of = max(before, newest) if newest else before
+    else:
+        as_of = events.agg(F.max("event_date")).first()[0]
     current = read_table(spark, cfg, "item_profiles").localCheckpoint()
 
-    inserted = changes.where(F.col("_change_type") == "insert").drop("_change_type")
     old = read_table(spark, cfg, "user_profiles").join(F.broadcast(affected_users), "user_id", "left_semi")
     late = (inserted.groupBy("user_id").agg(F.min("ts").alias("_first")).join(old.select("user_id", "last_ts"), "user_id")
             .where(F.col("_first") <= F.col("last_ts")).select("user_id"))
@@ -627,20 +633,22 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
     )
     ids = current.select("item_id", "item_idx", "title", "category", "top_category", "category_idx", "brand",
                          "brand_idx", "price", "price_bucket", "in_stock")
-    items = assemble_item_profiles(ids, read_table(spark, cfg, "item_daily_counts"), user_counts, as_of) \
-        .localCheckpoint()
-    row_hash = F.xxhash64(*[F.col(c) for c in items.columns])
-    changed = (
-        items.withColumn("_h", row_hash).join(current.select("item_id", row_hash.alias("_old")), "item_id", "left")
-        .where(F.col("_old").isNull() | (F.col("_h") != F.col("_old"))).drop("_h", "_old").localCheckpoint()
-    )
-    changed_items = changed.count()
-    # The windowed counts move with the newest day, so usually most rows change: then one
-    # overwrite of this one-row-per-item table is cheaper than a MERGE; otherwise MERGE them.
-    if changed_items > current.count() // 2:
+    items = assemble_item_profiles(ids, read_table(spark, cfg, "item_daily_counts"), user_counts, as_of)
+    changed_items = None
+    if as_of != before:
+        # The 1/7/30-day windows moved with the newest day, so most rows change: one overwrite
+        # of this one-row-per-item table is cheaper than finding them and MERGEing them.
         write_table(items, cfg, "item_profiles")
-    elif changed_items:
-        _merge(spark, cfg, "item_profiles", changed, ["item_id"])
+    else:
+        items = items.localCheckpoint()
+        row_hash = F.xxhash64(*[F.col(c) for c in items.columns])
+        changed = (
+            items.withColumn("_h", row_hash).join(current.select("item_id", row_hash.alias("_old")), "item_id", "left")
+            .where(F.col("_old").isNull() | (F.col("_h") != F.col("_old"))).drop("_h", "_old").localCheckpoint()
+        )
+        changed_items = changed.count()
+        if changed_items:
+            _merge(spark, cfg, "item_profiles", changed, ["item_id"])
     steps_t.done("item_profiles")
 
     # 3. The affected users' rows: continued or rebuilt, then MERGEd.
@@ -659,7 +667,9 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
                 m.result()
         steps_t.done("user_profiles_and_training_examples")  # both MERGEs, run side by side
     return {"as_of_date": str(as_of) if as_of else None, "affected_users": n_users,
-            "rebuilt_users": n_rebuilt, "touched_item_days": n_pairs, "changed_item_rows": changed_items}
+            "rebuilt_users": n_rebuilt, "touched_item_days": n_pairs,
+            "item_profiles_write": "overwrite" if changed_items is None else "merge" if changed_items else "none",
+            "changed_item_rows": changed_items}
 
 
 def build_profiles(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str, Any]:
@@ -688,6 +698,7 @@ def build_profiles(spark: SparkSession, cfg: Config, *, full: bool = False) -> d
     else:
         mode, detail = "full", _full_build(spark, cfg, events, catalog, users, steps_t)
         detail["reason"] = reason
+    now["as_of_date"] = detail["as_of_date"]
     _write_log(spark, cfg, mode, now)  # last: a run killed before this point is simply redone
     steps_t.done("log")
 

@@ -40,6 +40,9 @@ SOURCES = ("catalog", "users", "events")
 RAW_SCHEMAS = {"catalog": RAW_CATALOG_SCHEMA, "users": RAW_USER_SCHEMA, "events": RAW_EVENT_SCHEMA}
 DUP_RULE = {"catalog": "duplicate_item_id", "users": "duplicate_user_id", "events": "duplicate_event_id"}
 KEY = {"catalog": "item_id", "users": "user_id", "events": "event_id"}
+# Up to this many new event ids are broadcast to find which are already stored (a few tens of
+# MB); above it the stored ids and the new ones are joined by a shuffle.
+BROADCAST_IDS = 1_000_000
 
 EVENTS_DDL = (
     "event_id STRING NOT NULL, ts TIMESTAMP NOT NULL, event_date DATE NOT NULL, user_id STRING NOT NULL, "
@@ -328,6 +331,11 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
             # Pinned to the version before this run's write: the classified rows are recomputed
             # when Spark evicts them, and must not then see their own inserts as duplicates.
             seen = _pinned(spark, cfg.table_path("events")).select(F.col("event_id").alias("_seen_id"))
+            incoming = rows.select(F.trim(F.col("p.event_id")).alias("_seen_id")).where(F.col("_seen_id").isNotNull()) \
+                .distinct().localCheckpoint()
+            if incoming.count() <= BROADCAST_IDS:
+                # Look the new ids up while scanning the table's ids, instead of shuffling them all.
+                seen = seen.join(F.broadcast(incoming), "_seen_id", "left_semi")
             rows = rows.join(seen, F.trim(F.col("p.event_id")) == F.col("_seen_id"), "left")
         rule_list = rules.event_rules() + [
             ("unknown_item", (F.col("p.event_type") != "search") & F.col("_known_item").isNull()),
