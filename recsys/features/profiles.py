@@ -583,14 +583,15 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
         as_of = events.agg(F.max("event_date")).first()[0]
     current = read_table(spark, cfg, "item_profiles").localCheckpoint()
 
-    old = read_table(spark, cfg, "user_profiles").join(F.broadcast(affected_users), "user_id", "left_semi")
+    old = read_table(spark, cfg, "user_profiles").join(F.broadcast(affected_users), "user_id", "left_semi") \
+        .localCheckpoint()  # the affected users' rows before this run: one scan of the table
     late = (inserted.groupBy("user_id").agg(F.min("ts").alias("_first")).join(old.select("user_id", "last_ts"), "user_id")
             .where(F.col("_first") <= F.col("last_ts")).select("user_id"))
     rebuilt = late.unionByName(changes.where(F.col("_change_type") != "insert").select("user_id")).distinct() \
         .localCheckpoint()
     n_rebuilt = rebuilt.count()
     continued = affected_users.join(rebuilt, "user_id", "left_anti")
-    old = old.join(F.broadcast(continued), "user_id", "left_semi").localCheckpoint()
+    old = old.join(F.broadcast(continued), "user_id", "left_semi")
     new = inserted.join(F.broadcast(continued), "user_id", "left_semi")
     # Item user counts move by each affected user's items that are new to them.
     first_time = (
