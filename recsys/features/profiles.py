@@ -71,7 +71,7 @@ def catalog_ids(spark: SparkSession, cfg: Config, catalog: DataFrame, previous: 
 def daily_item_counts(events: DataFrame) -> DataFrame:
     """(item_id, event_date) → views, clicks, carts, purchases: the additive part of item profiles."""
     return (
-        events.where(F.col("item_id").isNotNull())
+        item_events(events)
         .groupBy("item_id", "event_date")
         .agg(*[F.sum((F.col("event_type") == t).cast("long")).alias(name) for name, t in COUNT_KINDS.items()])
     )
@@ -168,8 +168,8 @@ def _tops(per: DataFrame, name: str, out: str, k: int = 3) -> DataFrame:
 
 
 def _visit_start(previous_session: Column) -> Column:
-    """1 where an event starts a visit: it has a session id and the user's previous event (in
-    time order) had none or another one."""
+    """1 where an event starts a visit: it has a session id, and the user's last earlier session
+    id (in time order, skipping events without one) is none or another one."""
     s = F.col("session_id")
     return (s.isNotNull() & (previous_session.isNull() | (previous_session != s))).cast("long")
 
@@ -178,7 +178,12 @@ def _purchase_value() -> Column:
     """A purchase's value in exact cents (price rounded to 2 decimals, times the quantity), so
     that sums do not depend on the order they are added in."""
     return F.when(F.col("event_type") == "purchase",
-                  F.col("price").cast("decimal(18,2)") * F.coalesce("quantity", F.lit(1)))
+                  F.col("price").try_cast("decimal(18,2)") * F.coalesce("quantity", F.lit(1)))
+
+
+def _earlier_session() -> Column:
+    """The user's last session id before this event that is not null."""
+    return F.last("session_id", ignorenulls=True).over(by_time().rowsBetween(Window.unboundedPreceding, -1))
 
 
 def _count_aggs(visit: str) -> list[Column]:
@@ -187,7 +192,9 @@ def _count_aggs(visit: str) -> list[Column]:
         F.sum(visit).alias("n_sessions"),
         F.min("ts").alias("first_ts"),
         F.max("ts").alias("last_ts"),
-        F.max_by("session_id", F.struct("ts", "event_id")).alias("last_session_id"),
+        # the last session id that is not null (max_by skips rows whose ordering is null)
+        F.max_by("session_id", F.when(F.col("session_id").isNotNull(), F.struct("ts", "event_id")))
+        .alias("last_session_id"),
         F.sum(_purchase_value()).alias("_value"),
     ]
 
@@ -197,9 +204,9 @@ COUNT_COLUMNS = [f"n_{t}" for t in EVENT_TYPE_INDEX]
 
 def user_event_counts(events: DataFrame) -> DataFrame:
     """Per user: events per type, visits (``n_sessions``: runs of consecutive events with the
-    same session id), first and last event time, the last event's session id, and the
-    purchase value (``monetary``)."""
-    ev = events.withColumn("_visit", _visit_start(F.lag("session_id").over(by_time())))
+    same session id; events without one do not break a run), first and last event time, the
+    last session id, and the purchase value (``monetary``)."""
+    ev = events.withColumn("_visit", _visit_start(_earlier_session()))
     return ev.groupBy("user_id").agg(*_count_aggs("_visit")) \
         .withColumn("monetary", F.col("_value").cast("double")).drop("_value")
 
@@ -211,8 +218,7 @@ def continued_counts(old: DataFrame, new: DataFrame) -> DataFrame:
     Exact when every new event is later than the profile's ``last_ts``: the counts and the
     purchase value add up, and the first new event continues the visit of ``last_session_id``.
     """
-    first = F.row_number().over(by_time()) == 1
-    previous = F.when(first, F.col("_last_session")).otherwise(F.lag("session_id").over(by_time()))
+    previous = F.coalesce(_earlier_session(), F.col("_last_session"))
     ev = new.join(old.select("user_id", F.col("last_session_id").alias("_last_session")), "user_id", "left")
     add = ev.withColumn("_visit", _visit_start(previous)).groupBy("user_id").agg(*_count_aggs("_visit")).alias("a")
     o = old.select("user_id", *COUNT_COLUMNS, "n_sessions", "first_ts", "last_ts", "last_session_id", "monetary").alias("o")
@@ -223,7 +229,7 @@ def continued_counts(old: DataFrame, new: DataFrame) -> DataFrame:
         *[(F.coalesce(f"o.{c}", F.lit(0)) + F.coalesce(f"a.{c}", F.lit(0))).alias(c) for c in [*COUNT_COLUMNS, "n_sessions"]],
         F.coalesce("o.first_ts", "a.first_ts").alias("first_ts"),
         F.when(has_new, F.col("a.last_ts")).otherwise(F.col("o.last_ts")).alias("last_ts"),
-        F.when(has_new, F.col("a.last_session_id")).otherwise(F.col("o.last_session_id")).alias("last_session_id"),
+        F.coalesce("a.last_session_id", "o.last_session_id").alias("last_session_id"),
         F.when(F.col("o.monetary").isNull() & F.col("a._value").isNull(), F.lit(None))
         .otherwise(value).cast("double").alias("monetary"),
     )
@@ -400,7 +406,7 @@ def build_training_examples(cfg: Config, profiles: DataFrame) -> DataFrame:
 # --- orchestration: full and incremental builds -----------------------------------------------
 
 # Bump when the gold tables' definitions change: the next run rebuilds them in full.
-GOLD_SCHEMA_VERSION = 3
+GOLD_SCHEMA_VERSION = 4
 GOLD_TABLES = ("item_daily_counts", "item_profiles", "user_profiles", "training_examples")
 BRONZE_INPUTS = ("events", "catalog", "users")
 # An incremental build MERGEs the affected users (a fifth of them after a day of a shop's
@@ -449,6 +455,22 @@ def _read_version(spark: SparkSession, cfg: Config, name: str, version: int) -> 
     return spark.read.format("delta").option("versionAsOf", version).load(cfg.table_path(name))
 
 
+PINNED_GOLD = ("item_profiles", "user_profiles")  # read back by the next incremental build
+
+
+def _gold(spark: SparkSession, cfg: Config, last: dict[str, Any], name: str) -> DataFrame:
+    """A gold table as the last build left it: a rerun after a run killed before its log was
+    written starts from the same rows, so it does not add the same changes twice."""
+    version = last.get("gold", {}).get(name)
+    return read_table(spark, cfg, name) if version is None else _read_version(spark, cfg, name, version)
+
+
+def _version(spark: SparkSession, cfg: Config, name: str) -> int:
+    from delta.tables import DeltaTable
+
+    return int(DeltaTable.forPath(spark, cfg.table_path(name)).history(1).first()["version"])
+
+
 def _why_full(spark: SparkSession, cfg: Config, last: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
     """Why this run cannot be incremental (None = it can)."""
     if last is None:
@@ -475,7 +497,7 @@ def _why_full(spark: SparkSession, cfg: Config, last: dict[str, Any] | None, now
 
 
 CHANGE_COLUMNS = ["event_id", "ts", "user_id", "session_id", "event_type", "item_id", "price", "quantity",
-                  "event_date", "_change_type"]
+                  "event_date", "_change_type", "_commit_version"]
 
 
 def _changes(spark: SparkSession, cfg: Config, last: dict[str, Any], now: dict[str, Any]) -> tuple[DataFrame, DataFrame]:
@@ -505,7 +527,19 @@ def _changes(spark: SparkSession, cfg: Config, last: dict[str, Any], now: dict[s
 
 def events_like_empty(spark: SparkSession, cfg: Config) -> DataFrame:
     """No changed events, with the change feed's columns."""
-    return read_table(spark, cfg, "events").limit(0).withColumn("_change_type", F.lit("insert")).select(*CHANGE_COLUMNS)
+    return read_table(spark, cfg, "events").limit(0).withColumn("_change_type", F.lit("insert")) \
+        .withColumn("_commit_version", F.lit(0).cast("long")).select(*CHANGE_COLUMNS)
+
+
+def _events_before(now: DataFrame, changes: DataFrame, cols: list[str]) -> DataFrame:
+    """The events (``cols``) as they were before ``changes``, from those users' current events
+    ``now``: an event the changes touched was there before only if its first change (by commit)
+    removed or updated it (an event both inserted and deleted since was never there)."""
+    gone = F.col("_change_type").isin("delete", "update_preimage")
+    first = Window.partitionBy("event_id").orderBy("_commit_version", F.when(gone, 0).otherwise(1))
+    firsts = changes.withColumn("_n", F.row_number().over(first)).where(F.col("_n") == 1)
+    return now.join(changes.select("event_id").distinct(), "event_id", "left_anti").select(*cols) \
+        .unionByName(firsts.where(gone).select(*cols))
 
 
 def _user_count_delta(now: DataFrame, before: DataFrame) -> DataFrame:
@@ -520,12 +554,22 @@ def _user_count_delta(now: DataFrame, before: DataFrame) -> DataFrame:
     )
 
 
-def _merge(spark: SparkSession, cfg: Config, name: str, source: DataFrame, keys: list[str]) -> None:
+def _merge(spark: SparkSession, cfg: Config, name: str, source: DataFrame, keys: list[str],
+           candidates: DataFrame | None = None) -> None:
+    """Upsert ``source`` into ``name`` by ``keys``; rows whose keys are in ``candidates`` but not
+    in ``source`` are deleted (a rebuilt user who lost events can lose rows too)."""
     from delta.tables import DeltaTable
 
     cond = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-    DeltaTable.forPath(spark, cfg.table_path(name)).alias("t").merge(source.alias("s"), cond) \
-        .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+    target = DeltaTable.forPath(spark, cfg.table_path(name)).alias("t")
+    if candidates is None:
+        target.merge(source.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+        return
+    gone = candidates.join(source.select(*keys), keys, "left_anti").withColumn("_gone", F.lit(True))
+    marked = source.withColumn("_gone", F.lit(False)).unionByName(gone, allowMissingColumns=True)
+    values = {c: f"s.`{c}`" for c in source.columns}
+    target.merge(marked.alias("s"), cond).whenMatchedDelete("s._gone").whenMatchedUpdate(set=values) \
+        .whenNotMatchedInsert("NOT s._gone", values=values).execute()
 
 
 def _full_build(spark: SparkSession, cfg: Config, events: DataFrame, catalog: DataFrame,
@@ -573,7 +617,7 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
     changes, affected_users = _changes(spark, cfg, last, now)
     pairs = changes.where(F.col("item_id").isNotNull()).select("item_id", "event_date").distinct().localCheckpoint()
     n_pairs, n_users = pairs.count(), affected_users.count()
-    inserted = changes.where(F.col("_change_type") == "insert").drop("_change_type")
+    inserted = changes.where(F.col("_change_type") == "insert").drop("_change_type", "_commit_version")
     removed_any = changes.where(F.col("_change_type") != "insert").limit(1).count() > 0
     before = dt.date.fromisoformat(last["as_of_date"]) if last.get("as_of_date") else None
     if before is not None and not removed_any:  # the newest day can only have moved forward
@@ -581,9 +625,9 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
         as_of = max(before, newest) if newest else before
     else:
         as_of = events.agg(F.max("event_date")).first()[0]
-    current = read_table(spark, cfg, "item_profiles").localCheckpoint()
+    current = _gold(spark, cfg, last, "item_profiles").localCheckpoint()
 
-    old = read_table(spark, cfg, "user_profiles").join(F.broadcast(affected_users), "user_id", "left_semi") \
+    old = _gold(spark, cfg, last, "user_profiles").join(F.broadcast(affected_users), "user_id", "left_semi") \
         .localCheckpoint()  # the affected users' rows before this run: one scan of the table
     late = (inserted.groupBy("user_id").agg(F.min("ts").alias("_first")).join(old.select("user_id", "last_ts"), "user_id")
             .where(F.col("_first") <= F.col("last_ts")).select("user_id"))
@@ -593,7 +637,8 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
     continued = affected_users.join(rebuilt, "user_id", "left_anti")
     old = old.join(F.broadcast(continued), "user_id", "left_semi")
     new = inserted.join(F.broadcast(continued), "user_id", "left_semi")
-    # Item user counts move by each affected user's items that are new to them.
+    # Item user counts move by each continued user's items that are new to them (and by the
+    # rebuilt users' change, below).
     first_time = (
         item_events(new).select("user_id", "item_id").distinct().join(current.select("item_id", "item_idx"), "item_id")
         .join(old.select("user_id", "seq_item_idx"), "user_id", "left")
@@ -605,11 +650,8 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
         # Every current event of the rebuilt users, and the same users' events before this run.
         cols = ["user_id", "ts", "event_id", "item_id", "event_type"]
         rebuilt_ev = events.join(F.broadcast(rebuilt), "user_id", "left_semi").localCheckpoint()
-        mine = changes.join(F.broadcast(rebuilt), "user_id", "left_semi")
-        added = mine.where(F.col("_change_type").isin("insert", "update_postimage")).select("event_id")
-        removed = mine.where(F.col("_change_type").isin("delete", "update_preimage")).select(*cols)
-        deltas.append(_user_count_delta(
-            rebuilt_ev, rebuilt_ev.join(added, "event_id", "left_anti").select(*cols).unionByName(removed)))
+        deltas.append(_user_count_delta(rebuilt_ev, _events_before(rebuilt_ev, changes.join(
+            F.broadcast(rebuilt), "user_id", "left_semi"), cols)))
     steps_t.done("change_feed")
 
     # 1. Daily item counts: recompute the touched (item, day) cells from those days' partitions.
@@ -660,10 +702,14 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
             profiles = profiles.unionByName(build_user_profiles(user_event_counts(rebuilt_ev), steps, users, current))
         profiles = profiles.localCheckpoint()
         steps_t.done("user_rows")
+        # A rebuilt user may have lost events: their rows missing from the new ones go.
+        gone_users = rebuilt if n_rebuilt else None
+        gone_examples = rebuilt.crossJoin(spark.createDataFrame([(s,) for s in SPLITS], "split string")) \
+            if n_rebuilt else None
         with ThreadPoolExecutor(2) as pool:  # two tables, two independent MERGEs
-            merges = [pool.submit(_merge, spark, cfg, "user_profiles", profiles, ["user_id"]),
+            merges = [pool.submit(_merge, spark, cfg, "user_profiles", profiles, ["user_id"], gone_users),
                       pool.submit(_merge, spark, cfg, "training_examples", build_training_examples(cfg, profiles),
-                                  ["user_id", "split"])]
+                                  ["user_id", "split"], gone_examples)]
             for m in merges:
                 m.result()
         steps_t.done("user_profiles_and_training_examples")  # both MERGEs, run side by side
@@ -683,13 +729,16 @@ def build_profiles(spark: SparkSession, cfg: Config, *, full: bool = False) -> d
     schema changed, or when a bronze table was recreated (the report says why). Item, category
     and brand ids survive rebuilds: new ones are appended after the known ones.
     """
-    events = read_table(spark, cfg, "events")
-    catalog = read_table(spark, cfg, "catalog")
-    users = read_table(spark, cfg, "users") if table_exists(cfg, "users") else None
+    for name in ("events", "catalog"):
+        read_table(spark, cfg, name)  # a clear error if ingest has not run
     t0 = time.time()
     steps_t = StepTimer()
     with ThreadPoolExecutor(3) as pool:  # three small driver-bound jobs each: overlap them
         states = dict(zip(BRONZE_INPUTS, pool.map(lambda name: _delta_state(spark, cfg, name), BRONZE_INPUTS)))
+    # Read bronze at the versions this build records: rows an ingest appends meanwhile are the
+    # next build's change feed, not counted twice.
+    events, catalog, users = (_read_version(spark, cfg, name, states[name]["version"]) if states[name] else None
+                              for name in BRONZE_INPUTS)
     now = {"fingerprint": _fingerprint(cfg), "tables": states}
     last = _last_log(spark, cfg)
     reason = "asked for a full build" if full else _why_full(spark, cfg, last, now)
@@ -700,6 +749,8 @@ def build_profiles(spark: SparkSession, cfg: Config, *, full: bool = False) -> d
         mode, detail = "full", _full_build(spark, cfg, events, catalog, users, steps_t)
         detail["reason"] = reason
     now["as_of_date"] = detail["as_of_date"]
+    with ThreadPoolExecutor(2) as pool:
+        now["gold"] = dict(zip(PINNED_GOLD, pool.map(lambda name: _version(spark, cfg, name), PINNED_GOLD)))
     _write_log(spark, cfg, mode, now)  # last: a run killed before this point is simply redone
     steps_t.done("log")
 

@@ -152,13 +152,14 @@ def test_continued_profiles_equal_a_full_rebuild(spark, cfg):
     day2 = [("u1", "s3", "add_to_cart", "i3", 0.5, None),   # same session, same item as the last step
             ("u1", "s3", "purchase", "i3", 0.1 + 0.2, 7),     # a price with a binary rounding error
             ("u1", "s4", "view", "i1", 0.3, None),
-            ("u3", None, "view", "i2", 0.4, None), ("u3", "s5", "view", "i2", 0.4, None)]  # a new user
+            ("u3", None, "view", "i2", 0.4, None), ("u3", "s5", "view", "i2", 0.4, None),  # a new user
+            ("u2", None, "search", None, None, None), ("u2", "s9", "view", "i4", 0.6, None)]  # s9 goes on
     rows(0, day1).write.format("delta").option("delta.enableChangeDataFeed", "true").save(cfg.table_path("events"))
     assert build_profiles(spark, cfg)["mode"] == "full"
     rows(len(day1), day2).write.format("delta").mode("append").save(cfg.table_path("events"))
     rep = build_profiles(spark, cfg)
     assert rep["mode"] == "incremental"
-    assert (rep["affected_users"], rep["rebuilt_users"]) == (2, 0)
+    assert (rep["affected_users"], rep["rebuilt_users"]) == (3, 0)
 
     prof = {r["user_id"]: r for r in read_table(spark, cfg, "user_profiles").collect()}
     u1 = prof["u1"]
@@ -168,7 +169,7 @@ def test_continued_profiles_equal_a_full_rebuild(spark, cfg):
     assert u1["last_session_id"] == "s4"
     assert u1["monetary"] == 3.0  # 3 x 0.30 + 7 x 0.30, summed in exact cents
     assert (prof["u3"]["n_sessions"], prof["u3"]["n_view"]) == (1, 2)
-    assert prof["u2"]["n_sessions"] == 1  # untouched
+    assert (prof["u2"]["n_sessions"], prof["u2"]["n_search"]) == (1, 1)  # a sessionless event ends no visit
 
     incremental = {t: spark.read.format("delta").load(cfg.table_path(t)).localCheckpoint() for t in GOLD_TABLES}
     assert build_profiles(spark, cfg, full=True)["mode"] == "full"
@@ -179,6 +180,54 @@ def test_continued_profiles_equal_a_full_rebuild(spark, cfg):
     for t in ("user_profiles", "training_examples"):
         props = DeltaTable.forPath(spark, cfg.table_path(t)).detail().first()["properties"]
         assert props.get("delta.enableDeletionVectors") == "true", t
+
+
+def test_deletions_and_a_crashed_run_still_equal_a_full_rebuild(spark, cfg, monkeypatch):
+    """Events inserted and deleted between two builds, a user who lost every event, and a run
+    killed after item_profiles was written but before its log: the rerun equals a full build."""
+    import recsys.features.profiles as profiles
+    from delta.tables import DeltaTable
+
+    cat = spark.createDataFrame([(f"i{k}", f"Item {k}", "", "A>B", "b", 1.0, True) for k in range(1, 5)],
+                                "item_id string, title string, description string, category string, brand string, "
+                                "price double, in_stock boolean")
+    write_table(cat, cfg, "catalog")
+    t0 = dt.datetime(2026, 10, 1, 10, 0, 0)
+    schema = ("event_id string, ts timestamp, user_id string, session_id string, event_type string, item_id string, "
+              "query string, price double, quantity int")
+
+    def rows(first, spec):
+        return spark.createDataFrame([(f"e{first + n:03d}", t0 + dt.timedelta(hours=first + n), u, "s", "view", item,
+                                       None, 1.0, None) for n, (u, item) in enumerate(spec)], schema) \
+            .withColumn("event_date", F.to_date("ts"))
+
+    day1 = [("u1", "i1"), ("u1", "i2"), ("u1", "i3"), ("u2", "i1"), ("u2", "i2"), ("u2", "i4"), ("u3", "i1")]
+    rows(0, day1).write.format("delta").option("delta.enableChangeDataFeed", "true").save(cfg.table_path("events"))
+    assert build_profiles(spark, cfg)["mode"] == "full"
+    rows(len(day1), [("u1", "i4"), ("uX", "i1"), ("uX", "i3")]).write.format("delta").mode("append") \
+        .save(cfg.table_path("events"))
+    events = DeltaTable.forPath(spark, cfg.table_path("events"))
+    events.delete(F.col("user_id") == "uX")  # inserted and deleted since the last build
+    events.delete(F.col("user_id") == "u2")  # every event of a user, without forget-user
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(profiles, "_merge", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        build_profiles(spark, cfg)  # item_profiles is written, the user tables and the log are not
+    monkeypatch.undo()
+    rep = build_profiles(spark, cfg)
+    assert rep["mode"] == "incremental" and rep["rebuilt_users"] == 2  # uX and u2
+    assert read_table(spark, cfg, "user_profiles").where(F.col("user_id") == "u2").count() == 0
+    assert read_table(spark, cfg, "training_examples").where(F.col("user_id") == "u2").count() == 0
+    users = {r["item_id"]: r["users"] for r in read_table(spark, cfg, "item_profiles").collect()}
+    assert users == {"i1": 2, "i2": 1, "i3": 1, "i4": 1}  # u1, u3 on i1; u1 on the others
+
+    incremental = {t: spark.read.format("delta").load(cfg.table_path(t)).localCheckpoint() for t in GOLD_TABLES}
+    assert build_profiles(spark, cfg, full=True)["mode"] == "full"
+    for t in GOLD_TABLES:
+        assert _same_rows(incremental[t], read_table(spark, cfg, t)), f"{t} differs from a full rebuild"
 
 
 def test_validation_share_turns_other_users_validation_step_into_training(spark, tmp_path):
