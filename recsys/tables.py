@@ -56,13 +56,29 @@ def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
     Raises:
         FileNotFoundError: the table has not been written yet, naming the job that writes it.
     """
+    return spark.read.format("delta").load(require_table(cfg, name))
+
+
+def require_table(cfg: Config, name: str) -> str:
+    """The path of the Delta table ``name``, after checking it exists (without reading it).
+
+    Raises:
+        FileNotFoundError: the table has not been written yet, naming the job that writes it.
+    """
     path = cfg.table_path(name)
     if "://" not in path and not (Path(path) / "_delta_log").is_dir():
         raise FileNotFoundError(
             f"Delta table '{name}' not found at {path}: run the job that writes it first "
             f"({WRITTEN_BY.get(name, 'recsys demo')})"
         )
-    return spark.read.format("delta").load(path)
+    return path
+
+
+def table_version(spark: SparkSession, path: str) -> int:
+    """The latest version of the Delta table at ``path``."""
+    from delta.tables import DeltaTable
+
+    return int(DeltaTable.forPath(spark, path).history(1).first()["version"])
 
 
 def write_table(df: DataFrame, cfg: Config, name: str, *, partition_by: list[str] | None = None,

@@ -21,7 +21,8 @@ from pyspark.sql import functions as F
 
 from recsys.config import Config
 from recsys.ingest.pipeline import write_report
-from recsys.tables import EVENT_TYPE_INDEX, FUNNEL_RANK, read_table, table_exists, write_table
+from recsys.tables import (EVENT_TYPE_INDEX, FUNNEL_RANK, read_table, require_table, table_exists, table_version,
+                           write_table)
 from recsys.timing import StepTimer
 
 SPLITS = ("train", "validation", "test")
@@ -434,8 +435,8 @@ def _delta_state(spark: SparkSession, cfg: Config, name: str) -> dict[str, Any] 
 
     if not table_exists(cfg, name):
         return None
-    table = DeltaTable.forPath(spark, cfg.table_path(name))
-    return {"id": table.detail().first()["id"], "version": int(table.history(1).first()["version"])}
+    path = cfg.table_path(name)
+    return {"id": DeltaTable.forPath(spark, path).detail().first()["id"], "version": table_version(spark, path)}
 
 
 def _last_log(spark: SparkSession, cfg: Config) -> dict[str, Any] | None:
@@ -465,12 +466,6 @@ def _gold(spark: SparkSession, cfg: Config, last: dict[str, Any], name: str) -> 
     return read_table(spark, cfg, name) if version is None else _read_version(spark, cfg, name, version)
 
 
-def _version(spark: SparkSession, cfg: Config, name: str) -> int:
-    from delta.tables import DeltaTable
-
-    return int(DeltaTable.forPath(spark, cfg.table_path(name)).history(1).first()["version"])
-
-
 def _why_full(spark: SparkSession, cfg: Config, last: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
     """Why this run cannot be incremental (None = it can)."""
     if last is None:
@@ -491,7 +486,7 @@ def _why_full(spark: SparkSession, cfg: Config, last: dict[str, Any] | None, now
             old = _read_version(spark, cfg, "catalog", cat_before["version"]).select(cols)
         except Exception:  # noqa: BLE001 - an old version vacuumed away: rebuild
             return "the catalogue's previous version is no longer readable"
-        if read_table(spark, cfg, "catalog").select(cols).exceptAll(old).limit(1).count():
+        if _read_version(spark, cfg, "catalog", cat_now["version"]).select(cols).exceptAll(old).limit(1).count():
             return "the catalogue changed"
     return None
 
@@ -618,7 +613,9 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
     pairs = changes.where(F.col("item_id").isNotNull()).select("item_id", "event_date").distinct().localCheckpoint()
     n_pairs, n_users = pairs.count(), affected_users.count()
     inserted = changes.where(F.col("_change_type") == "insert").drop("_change_type", "_commit_version")
-    removed_any = changes.where(F.col("_change_type") != "insert").limit(1).count() > 0
+    # users with deleted or updated events: rebuilt below
+    touched = changes.where(F.col("_change_type") != "insert").select("user_id").distinct().localCheckpoint()
+    removed_any = touched.count() > 0
     before = dt.date.fromisoformat(last["as_of_date"]) if last.get("as_of_date") else None
     if before is not None and not removed_any:  # the newest day can only have moved forward
         newest = inserted.agg(F.max("event_date")).first()[0]
@@ -631,8 +628,7 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
         .localCheckpoint()  # the affected users' rows before this run: one scan of the table
     late = (inserted.groupBy("user_id").agg(F.min("ts").alias("_first")).join(old.select("user_id", "last_ts"), "user_id")
             .where(F.col("_first") <= F.col("last_ts")).select("user_id"))
-    rebuilt = late.unionByName(changes.where(F.col("_change_type") != "insert").select("user_id")).distinct() \
-        .localCheckpoint()
+    rebuilt = late.unionByName(touched).distinct().localCheckpoint()
     n_rebuilt = rebuilt.count()
     continued = affected_users.join(rebuilt, "user_id", "left_anti")
     old = old.join(F.broadcast(continued), "user_id", "left_semi")
@@ -730,7 +726,7 @@ def build_profiles(spark: SparkSession, cfg: Config, *, full: bool = False) -> d
     and brand ids survive rebuilds: new ones are appended after the known ones.
     """
     for name in ("events", "catalog"):
-        read_table(spark, cfg, name)  # a clear error if ingest has not run
+        require_table(cfg, name)  # a clear error if ingest has not run
     t0 = time.time()
     steps_t = StepTimer()
     with ThreadPoolExecutor(3) as pool:  # three small driver-bound jobs each: overlap them
@@ -750,7 +746,7 @@ def build_profiles(spark: SparkSession, cfg: Config, *, full: bool = False) -> d
         detail["reason"] = reason
     now["as_of_date"] = detail["as_of_date"]
     with ThreadPoolExecutor(2) as pool:
-        now["gold"] = dict(zip(PINNED_GOLD, pool.map(lambda name: _version(spark, cfg, name), PINNED_GOLD)))
+        now["gold"] = dict(zip(PINNED_GOLD, pool.map(lambda name: table_version(spark, cfg.table_path(name)), PINNED_GOLD)))
     _write_log(spark, cfg, mode, now)  # last: a run killed before this point is simply redone
     steps_t.done("log")
 

@@ -33,7 +33,7 @@ from recsys.config import Config
 from recsys.ingest import files as landing_files
 from recsys.ingest import rules
 from recsys.privacy import pseudonymise_col, resolve_key
-from recsys.tables import EVENT_TYPES, RAW_CATALOG_SCHEMA, RAW_EVENT_SCHEMA, RAW_USER_SCHEMA
+from recsys.tables import EVENT_TYPES, RAW_CATALOG_SCHEMA, RAW_EVENT_SCHEMA, RAW_USER_SCHEMA, table_version
 from recsys.timing import StepTimer
 
 SOURCES = ("catalog", "users", "events")
@@ -292,10 +292,7 @@ def _merge_counts(base: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
 def _pinned(spark: SparkSession, path: str) -> DataFrame:
     """The Delta table at ``path`` as of its current version, pinned: the rows it gives do not
     change when this run writes to the table before Spark (re)computes them."""
-    from delta.tables import DeltaTable
-
-    version = DeltaTable.forPath(spark, path).history(1).first()["version"]
-    return spark.read.format("delta").option("versionAsOf", version).load(path)
+    return spark.read.format("delta").option("versionAsOf", table_version(spark, path)).load(path)
 
 
 def _insert_quarantine(cfg: Config, rows: DataFrame) -> None:
