@@ -15,6 +15,9 @@ What it measures (the goals of the issue):
 * incremental run: the held-back last day's file (about 1% of the events at 100 days) arrives
   in the landing folder, then ``ingest(spark, cfg)`` (new files only) and ``build_profiles``
   again (``full=False`` when build_profiles has that keyword); goal: incremental <= 10% of full.
+  Before it, a *floor* run: the held-back file's first --floor-lines lines (default 100) arrive
+  alone and go through the same two calls. Its time is what any incremental run costs whatever
+  its size (Spark jobs, Delta snapshots and commits); the 1% run then gets the rest of the day.
 
 Data: for each size a shop is generated ONCE with ``recsys.datagen.generate_shop`` (users and
 items calibrated on a small generation so that the good events come near the target) and
@@ -282,9 +285,20 @@ def child_measure(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         reports["profiles_full"] = stage("profiles_full", build_profiles, spark, cfg)
 
-    # The held-back day arrives (not timed: that is the shop's job, not ours).
+    # The held-back day arrives (not timed: that is the shop's job, not ours). With a floor run,
+    # its first lines arrive first, on their own, and the rest after that run.
     held = Path(spec["held_back"])
-    shutil.copyfile(held, cfg.lakehouse.landing_path / "events" / held.name)
+    landing = cfg.lakehouse.landing_path / "events"
+    floor_lines = int(spec.get("floor_lines") or 0)
+    if floor_lines:
+        with open(held, encoding="utf-8") as src:
+            lines = src.readlines()
+        (landing / f"{held.stem}-first{floor_lines}{held.suffix}").write_text("".join(lines[:floor_lines]), encoding="utf-8")
+        reports["ingest_floor"] = stage("ingest_floor", ingest, spark, cfg)
+        reports["profiles_floor"] = stage("profiles_floor", build_profiles, spark, cfg)
+        (landing / held.name).write_text("".join(lines[floor_lines:]), encoding="utf-8")
+    else:
+        shutil.copyfile(held, landing / held.name)
     reports["ingest_incremental"] = stage("ingest_incremental", ingest, spark, cfg)
     reports["profiles_incremental"] = stage("profiles_incremental", build_profiles, spark, cfg)
 
@@ -463,7 +477,8 @@ def measure(args: argparse.Namespace, data: dict[str, Any], master: str, root: P
         overrides.append(f"spark.driver_memory={args.driver_memory}")
     overrides += list(args.overrides)
     spec = {"mode": "measure", "config": args.config, "overrides": overrides,
-            "held_back": str(data_dir / "heldback" / data["held_back_file"]), "result": str(run_dir / "result.json")}
+            "held_back": str(data_dir / "heldback" / data["held_back_file"]), "result": str(run_dir / "result.json"),
+            "floor_lines": args.floor_lines}
     print(f"[bench] {data['full_build_event_lines']:,} event lines on {master} ({run_dir}) ...", flush=True)
     load_before = loadavg()
     wall = time.perf_counter()
@@ -524,6 +539,7 @@ def measure(args: argparse.Namespace, data: dict[str, Any], master: str, root: P
             "peak_rss_mib": pk("ingest_incremental", "profiles_incremental"),
         },
         "incremental_over_full": round(inc_total / full_total, 4) if full_total else None,
+        **_floor(rep, st, full_total),
         "peak_rss_mib": pk("ingest_full", "profiles_full", "ingest_incremental", "profiles_incremental"),
         "child_peak": sampler.peak(),
         "young_processes_not_counted": sampler.young,
@@ -540,6 +556,21 @@ def measure(args: argparse.Namespace, data: dict[str, Any], master: str, root: P
           f"{f['profiles_seconds']:.1f}s), {f['events_per_second'] or 0:,} events/s, peak {f['peak_rss_mib']} MiB; "
           f"incremental {inc_total:.1f}s = {run['incremental_over_full']:.2f} of full", flush=True)
     return run
+
+
+def _floor(rep: dict[str, Any], st: dict[str, Any], full_total: float) -> dict[str, Any]:
+    """The floor run's figures (absent without --floor-lines)."""
+    if "ingest_floor" not in st:
+        return {}
+    total = st["ingest_floor"]["seconds"] + st["profiles_floor"]["seconds"]
+    prof = rep["profiles_floor"] if isinstance(rep["profiles_floor"], dict) else {}
+    return {
+        "floor": {"event_lines": rep["ingest_floor"].get("events", {}).get("read"),
+                  "ingest_seconds": st["ingest_floor"]["seconds"], "profiles_seconds": st["profiles_floor"]["seconds"],
+                  "total_seconds": round(total, 3), "profiles_mode": prof.get("mode"),
+                  "affected_users": prof.get("affected_users")},
+        "floor_over_full": round(total / full_total, 4) if full_total else None,
+    }
 
 
 # --- ratios and goals ----------------------------------------------------------------------
@@ -582,6 +613,7 @@ def assess(runs: list[dict[str, Any]], sizes: list[int], masters: list[str]) -> 
                             "met": x >= GOAL_SPEEDUP})
     for (s, m), r in sorted(ok.items(), key=lambda kv: (kv[0][0], masters.index(kv[0][1]))):
         incremental.append({"events_target": s, "master": m, "ratio": r["incremental_over_full"],
+                            "floor_ratio": r.get("floor_over_full"),
                             "met": r["incremental_over_full"] is not None and r["incremental_over_full"] <= GOAL_INCREMENTAL})
     ratios = {"scaling": scaling, "speedup": speedup, "incremental": incremental}
     met = {
@@ -629,6 +661,11 @@ def render(result: dict[str, Any]) -> str:
                  f"{_f(f['peak_rss_mib'], '>9.0f')} | {_f(i['event_lines'], '>9,')} {i['ingest_seconds']:>7.1f} "
                  f"{i['profiles_seconds']:>9.1f} {i['total_seconds']:>7.1f} {_f(r['incremental_over_full'], '>8.3f')} "
                  f"{i['profiles_mode'] or 'rebuild':<11}")
+        if "floor" in r:
+            fl = r["floor"]
+            L.append(f"  {'':>10} {'':<10} floor run before it: {_f(fl['event_lines'], ',')} lines, ingest "
+                     f"{fl['ingest_seconds']:.1f}s + profiles {fl['profiles_seconds']:.1f}s = {fl['total_seconds']:.1f}s "
+                     f"= {_f(r['floor_over_full'], '.3f')} of full ({_f(fl['affected_users'], ',')} users affected)")
     L.append("  peak MiB: RSS summed over the child's process tree (Python + Spark JVM + workers) during "
              "the full build's stages")
     ra, met = result["ratios"], result["goals_met"]
@@ -643,7 +680,8 @@ def render(result: dict[str, Any]) -> str:
                  f"goal >= {GOAL_SPEEDUP}: {_yn(x['met'])}")
     for x in ra["incremental"]:
         L.append(f"  incremental   {x['events_target']:>10,} events {x['master']:<10} incremental/full = "
-                 f"{_f(x['ratio'], '.3f')}; goal <= {GOAL_INCREMENTAL}: {_yn(x['met'])}")
+                 f"{_f(x['ratio'], '.3f')}; goal <= {GOAL_INCREMENTAL}: {_yn(x['met'])}"
+                 + (f" (floor run alone: {x['floor_ratio']:.3f})" if x.get("floor_ratio") is not None else ""))
     L.append(f"  met: cost grows linearly {_yn(met['linear_scaling'])}, parallel speedup "
              f"{_yn(met['parallel_speedup'])}, incremental {_yn(met['incremental'])}; all {_yn(met['all'])}")
     for n in result.get("notes", []):
@@ -683,6 +721,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--driver-memory", default=None,
                    help="spark.driver_memory for every run (default: the config's, 4g in conf/base.yaml)")
     p.add_argument("--config", default=str(REPO / "conf" / "local.yaml"), help="config overlay; default conf/local.yaml")
+    p.add_argument("--floor-lines", type=int, default=100,
+                   help="before the 1%% run, ingest and build the held-back day's first N lines alone: the cost of "
+                        "any incremental run (default 100; 0: no floor run)")
     p.add_argument("--interval", type=float, default=0.5, help="memory sampling interval in seconds (default 0.5)")
     p.add_argument("--keep-lakehouses", action="store_true", help="keep each run's lakehouse under <root>/runs/")
     p.add_argument("--regenerate", action="store_true", help="generate the shops again even when cached")
@@ -696,6 +737,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error("--malformed-rate must be in [0, 0.5)")
         if args.interval <= 0:
             p.error("--interval must be positive")
+        if args.floor_lines < 0:
+            p.error("--floor-lines must be 0 or more")
         args.events = list(dict.fromkeys(args.events))
         args.masters = list(dict.fromkeys(args.masters))
         bad = [m for m in args.masters if "=" in m]
@@ -779,6 +822,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                      "malformed_rate": args.malformed_rate, "driver_memory": cfg.spark.driver_memory,
                      "shuffle_partitions": cfg.spark.shuffle_partitions, "config_file": args.config,
                      "overrides": list(args.overrides), "root": str(root), "sampling_interval_s": args.interval,
+                     "floor_lines": args.floor_lines,
                      "memory": "peak of the summed RSS of the child's process tree (Python, Spark JVM, workers), "
                                "sampled by the parent; per stage from the samples inside the stage's window"},
         "data": data,
