@@ -290,9 +290,15 @@ def child_measure(spec: dict[str, Any]) -> dict[str, Any]:
     held = Path(spec["held_back"])
     landing = cfg.lakehouse.landing_path / "events"
     floor_lines = int(spec.get("floor_lines") or 0)
+    lines: list[str] = []
     if floor_lines:
         with open(held, encoding="utf-8") as src:
             lines = src.readlines()
+        if floor_lines >= len(lines):  # nothing would be left for the 1% run: no floor run
+            print(f"[bench] the held-back file has {len(lines)} lines, not more than --floor-lines "
+                  f"{floor_lines}: no floor run", flush=True)
+            floor_lines = 0
+    if floor_lines:
         (landing / f"{held.stem}-first{floor_lines}{held.suffix}").write_text("".join(lines[:floor_lines]), encoding="utf-8")
         reports["ingest_floor"] = stage("ingest_floor", ingest, spark, cfg)
         reports["profiles_floor"] = stage("profiles_floor", build_profiles, spark, cfg)
