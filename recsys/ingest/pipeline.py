@@ -342,6 +342,11 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
         order = [F.col("source_file"), rules.parse_ts(F.col("p.ts")), F.col("raw")]
     df = _classify(rows, rule_list, source, order).persist()
     try:
+        # Counting first computes and caches the classified rows, and tells whether any row
+        # was rejected at all: a clean batch makes no (empty) quarantine commit.
+        files = len({r[0] for r in df.select("source_file").distinct().collect()})
+        counts = _counts(df, source, files)
+        timer.done(f"{source}.counts")
         ok = df.where(F.col("rule").isNull())
         target = DeltaTable.forPath(spark, cfg.table_path(source))
         if source == "catalog":
@@ -395,15 +400,13 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
             new.write.format("delta").mode("append").save(cfg.table_path(source))
             qkey = user_id
         timer.done(f"{source}.write")
-        q = _quarantine_rows(df, source, now, qkey, run_id)
-        if fresh:
-            q.write.format("delta").mode("append").save(cfg.table_path("quarantine"))
-        else:
-            _insert_quarantine(cfg, q)
+        if counts["quarantined"] or counts["duplicates"]:  # duplicates are kept in quarantine too
+            q = _quarantine_rows(df, source, now, qkey, run_id)
+            if fresh:
+                q.write.format("delta").mode("append").save(cfg.table_path("quarantine"))
+            else:
+                _insert_quarantine(cfg, q)
         timer.done(f"{source}.quarantine")
-        files = len({r[0] for r in df.select("source_file").distinct().collect()})
-        counts = _counts(df, source, files)
-        timer.done(f"{source}.counts")
         return counts
     finally:
         df.unpersist()
