@@ -81,6 +81,13 @@ def table_version(spark: SparkSession, path: str) -> int:
     return int(DeltaTable.forPath(spark, path).history(1).first()["version"])
 
 
+def read_pinned(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
+    """The Delta table at ``path`` as of ``version`` (default: its current one), pinned: the
+    rows it gives do not change when the table is written to before Spark (re)computes them."""
+    v = table_version(spark, path) if version is None else version
+    return spark.read.format("delta").option("versionAsOf", v).load(path)
+
+
 def write_table(df: DataFrame, cfg: Config, name: str, *, partition_by: list[str] | None = None,
                 replace_where: str | None = None, properties: dict[str, str] | None = None) -> None:
     """Overwrite the Delta table ``name`` (or only the rows matching ``replace_where``).

@@ -21,8 +21,8 @@ from pyspark.sql import functions as F
 
 from recsys.config import Config
 from recsys.ingest.pipeline import write_report
-from recsys.tables import (EVENT_TYPE_INDEX, FUNNEL_RANK, read_table, require_table, table_exists, table_version,
-                           write_table)
+from recsys.tables import (EVENT_TYPE_INDEX, FUNNEL_RANK, read_pinned, read_table, require_table, table_exists,
+                           table_version, write_table)
 from recsys.timing import StepTimer
 
 SPLITS = ("train", "validation", "test")
@@ -453,7 +453,7 @@ def _write_log(spark: SparkSession, cfg: Config, mode: str, state: dict[str, Any
 
 
 def _read_version(spark: SparkSession, cfg: Config, name: str, version: int) -> DataFrame:
-    return spark.read.format("delta").option("versionAsOf", version).load(cfg.table_path(name))
+    return read_pinned(spark, cfg.table_path(name), version)
 
 
 PINNED_GOLD = ("item_profiles", "user_profiles")  # read back by the next incremental build
