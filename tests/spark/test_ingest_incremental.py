@@ -123,6 +123,7 @@ def test_table_properties(spark, cfg):
     props = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
     assert props.get("delta.enableChangeDataFeed") == "true"
     assert "delta.constraints.valid_event_type" in props
+    assert props.get("delta.autoOptimize.optimizeWrite") == "true"
     detail = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()
     assert detail["partitionColumns"] == ["event_date"]
     # the constraint is enforced by Delta itself
@@ -131,3 +132,17 @@ def test_table_properties(spark, cfg):
     bad = read_table(spark, cfg, "events").withColumn("event_type", F.lit("hover")).withColumn("event_id", F.lit("zz"))
     with pytest.raises(Exception, match="(?i)constraint|CHECK"):
         bad.write.format("delta").mode("append").save(path)
+
+
+def test_optimized_writes_leave_one_file_per_event_date(spark, cfg):
+    """Two landing files, each with events of two days, read and classified by several tasks:
+    the append writes one file per date folder, not one per date and task."""
+    root = landing(cfg)
+    days = ["2026-10-01", "2026-10-02"]
+    for f in ("a", "b"):
+        (root / "events" / f"{f}.jsonl").write_text(
+            lines(*[ev(f"{f}{n}", ts=f"{days[n % 2]}T10:{n:02d}:00Z", user=f"u{n}") for n in range(20)]))
+    r = ingest(spark, cfg)
+    assert r["events"]["accepted"] == 40
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{cfg.table_path('events')}`").first()
+    assert detail["numFiles"] == len(days)
