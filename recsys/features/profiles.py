@@ -716,6 +716,7 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
 
     old = _gold(spark, cfg, last, "user_profiles").join(F.broadcast(affected_users), "user_id", "left_semi") \
         .localCheckpoint()  # the affected users' rows before this run: one scan of the table
+    old_rows = old  # all of them, continued and rebuilt: the report's row counts move by these
     late = (inserted.groupBy("user_id").agg(F.min("ts").alias("_first")).join(old.select("user_id", "last_ts"), "user_id")
             .where(F.col("_first") <= F.col("last_ts")).select("user_id"))
     rebuilt = late.unionByName(touched).distinct().localCheckpoint()
@@ -799,10 +800,29 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
             for m in merges:
                 m.result()
         steps_t.done("user_profiles_and_training_examples")  # both MERGEs, run side by side
+    counts = None
+    if last.get("counts"):
+        # The MERGEs replaced the affected users' rows (old_rows) by their new ones (profiles)
+        # and their training examples likewise, a pure function of the rows; the catalogue,
+        # hence item_profiles' rows, did not change. So the tables' row counts move by the
+        # difference, which is cheaper than reading the three tables at their new versions.
+        counts = json.loads(json.dumps(last["counts"]))
+        if n_users:
+            def signed(rows: DataFrame, sign: int) -> DataFrame:
+                return build_training_examples(cfg, rows).select("split", F.lit(sign).alias("d")).unionByName(
+                    rows.select(F.lit(None).cast("string").alias("split"), F.lit(sign).alias("d")))
+
+            moved = signed(profiles, 1).unionByName(signed(old_rows, -1)).groupBy("split").agg(F.sum("d").alias("d"))
+            for r in moved.collect():
+                if r["split"] is None:
+                    counts["user_profiles"] += r["d"]
+                else:
+                    counts["training_examples"][r["split"]] = counts["training_examples"].get(r["split"], 0) + r["d"]
+            counts["training_examples"] = {k: v for k, v in counts["training_examples"].items() if v}
     return {"as_of_date": str(as_of) if as_of else None, "affected_users": n_users,
             "rebuilt_users": n_rebuilt, "touched_item_days": n_pairs,
             "item_profiles_write": "overwrite" if changed_items is None else "merge" if changed_items else "none",
-            "changed_item_rows": changed_items}
+            "changed_item_rows": changed_items, "counts": counts}
 
 
 def build_profiles(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str, Any]:
@@ -835,22 +855,26 @@ def build_profiles(spark: SparkSession, cfg: Config, *, full: bool = False) -> d
         mode, detail = "full", _full_build(spark, cfg, events, catalog, users, steps_t)
         detail["reason"] = reason
     now["as_of_date"] = detail["as_of_date"]
+    counts = detail.pop("counts", None)
+    if counts is None:  # a full build, or the first run after a log without counts: count the tables
+        examples = read_table(spark, cfg, "training_examples")
+        counts = {"item_profiles": read_table(spark, cfg, "item_profiles").count(),
+                  "user_profiles": read_table(spark, cfg, "user_profiles").count(),
+                  "training_examples": {r["split"]: r["count"] for r in examples.groupBy("split").count().collect()}}
+    now["counts"] = counts  # the next incremental build's report starts from these
+    steps_t.done("counts")
     with ThreadPoolExecutor(2) as pool:
         now["gold"] = dict(zip(PINNED_GOLD, pool.map(lambda name: table_version(spark, cfg.table_path(name)), PINNED_GOLD)))
     _write_log(spark, cfg, mode, now)  # last: a run killed before this point is simply redone
     steps_t.done("log")
 
-    examples = read_table(spark, cfg, "training_examples")
-    by_split = {r["split"]: r["count"] for r in examples.groupBy("split").count().collect()}
     report = {
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "mode": mode,
         "seconds": round(time.time() - t0, 2),
         "step_seconds": steps_t.seconds,
         **detail,
-        "item_profiles": read_table(spark, cfg, "item_profiles").count(),
-        "user_profiles": read_table(spark, cfg, "user_profiles").count(),
-        "training_examples": by_split,
+        **counts,
     }
     write_report(cfg, "profiles", report)
     return report

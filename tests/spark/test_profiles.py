@@ -92,6 +92,15 @@ def _same_rows(a, b) -> bool:
     return a.exceptAll(b).limit(1).count() == 0 and b.exceptAll(a).limit(1).count() == 0
 
 
+def _reports_true_counts(spark, cfg, rep) -> None:
+    """An incremental report's row counts (moved from the last build's by the affected users'
+    rows, not read back) are the tables' real ones."""
+    examples = read_table(spark, cfg, "training_examples").groupBy("split").count().collect()
+    assert rep["item_profiles"] == read_table(spark, cfg, "item_profiles").count()
+    assert rep["user_profiles"] == read_table(spark, cfg, "user_profiles").count()
+    assert rep["training_examples"] == {r["split"]: r["count"] for r in examples}
+
+
 def test_incremental_build_touches_only_new_users_and_equals_a_full_rebuild(spark, cfg):
     landing = cfg.lakehouse.landing_path
     generate_shop(landing, users=120, items=50, days=6, seed=3, malformed_rate=0.0)
@@ -116,6 +125,7 @@ def test_incremental_build_touches_only_new_users_and_equals_a_full_rebuild(spar
     rep = build_profiles(spark, cfg)
     assert rep["mode"] == "incremental"
     assert rep["affected_users"] == new_users < rep["user_profiles"]
+    _reports_true_counts(spark, cfg, rep)
     # Both kinds of affected user occur: those with late events are rebuilt from all their
     # events, the others continued from their profile rows.
     assert 0 < rep["rebuilt_users"] < rep["affected_users"]
@@ -160,6 +170,7 @@ def test_continued_profiles_equal_a_full_rebuild(spark, cfg):
     rep = build_profiles(spark, cfg)
     assert rep["mode"] == "incremental"
     assert (rep["affected_users"], rep["rebuilt_users"]) == (3, 0)
+    _reports_true_counts(spark, cfg, rep)
 
     prof = {r["user_id"]: r for r in read_table(spark, cfg, "user_profiles").collect()}
     u1 = prof["u1"]
@@ -219,6 +230,7 @@ def test_deletions_and_a_crashed_run_still_equal_a_full_rebuild(spark, cfg, monk
     monkeypatch.undo()
     rep = build_profiles(spark, cfg)
     assert rep["mode"] == "incremental" and rep["rebuilt_users"] == 2  # uX and u2
+    _reports_true_counts(spark, cfg, rep)  # u2 and their examples left the counts too
     assert read_table(spark, cfg, "user_profiles").where(F.col("user_id") == "u2").count() == 0
     assert read_table(spark, cfg, "training_examples").where(F.col("user_id") == "u2").count() == 0
     users = {r["item_id"]: r["users"] for r in read_table(spark, cfg, "item_profiles").collect()}
