@@ -325,7 +325,8 @@ def continue_user_profiles(old: DataFrame, new: DataFrame, users: DataFrame | No
 
     Each array expression is computed once, in its own projection: Spark does not merge
     projections when that would repeat a costly expression, and array functions run
-    interpreted (the fold inlined into its ten uses made this step 2.5 times slower)."""
+    interpreted (with the fold inlined into its ten uses, this step took 22 to 25 s instead of
+    5 s for a 1% day at 5M events)."""
     attrs = items.select("item_id", "item_idx", "top_category", "brand", "price_bucket")
     per_user = new.join(F.broadcast(attrs), "item_id", "left").groupBy("user_id").agg(F.sort_array(F.collect_list(
         F.struct("ts", "event_id", "session_id", "event_type", "item_id", "item_idx", "top_category", "brand",
