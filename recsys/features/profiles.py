@@ -8,6 +8,7 @@ step is the test target, the one before it the validation target, the rest is tr
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import time
@@ -152,20 +153,11 @@ def build_steps(events: DataFrame, items: DataFrame) -> DataFrame:
 
 
 def _tops(per: DataFrame, name: str, out: str, k: int = 3) -> DataFrame:
-    """From (user_id, ``name``, count) rows: the ``k`` most frequent values with their share
-    (``out``), and every value's count in value order (``<name>_counts``, the state an
-    incremental build adds new steps to)."""
-    per = per.withColumn("share", F.col("count") / F.sum("count").over(Window.partitionBy("user_id")))
-    return per.groupBy("user_id").agg(
-        F.slice(
-            F.transform(
-                F.sort_array(F.collect_list(F.struct(F.col("count"), F.col(name).alias("value"), F.col("share"))), asc=False),
-                lambda x: F.struct(x["value"].alias(name), F.round(x["share"], 4).alias("share")),
-            ),
-            1, k,
-        ).alias(out),
-        F.sort_array(F.collect_list(F.struct(F.col(name), F.col("count")))).alias(f"{name}_counts"),
-    )
+    """From (user_id, ``name``, count) rows: every value's count in value order
+    (``<name>_counts``, the state an incremental build adds new steps to), and from it the
+    ``k`` most frequent values with their share (``out``, see ``_tops_of``)."""
+    counts = per.groupBy("user_id").agg(F.sort_array(F.collect_list(F.struct(F.col(name), F.col("count")))).alias(f"{name}_counts"))
+    return counts.select("user_id", _tops_of(F.col(f"{name}_counts"), name, k).alias(out), f"{name}_counts")
 
 
 def _visit_start(previous_session: Column) -> Column:
@@ -299,7 +291,8 @@ def _merged_counts(entries: Column, name: str) -> Column:
 
 
 def _tops_of(counts: Column, name: str, k: int = 3) -> Column:
-    """``_tops``' top-``k`` column from a ``<name>_counts`` array (same order and shares)."""
+    """The ``k`` most frequent values of a ``<name>_counts`` array with their share of the
+    total, rounded to 4 places (ties: the larger value first)."""
     total = F.aggregate(counts, F.lit(0).cast("long"), lambda a, x: a + x["count"])
     ranked = F.sort_array(F.transform(counts, lambda x: F.struct(
         x["count"].alias("count"), x[name].alias("value"), (x["count"] / total).alias("share"))), asc=False)
@@ -807,7 +800,7 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
         # and their training examples likewise, a pure function of the rows; the catalogue,
         # hence item_profiles' rows, did not change. So the tables' row counts move by the
         # difference, which is cheaper than reading the three tables at their new versions.
-        counts = json.loads(json.dumps(last["counts"]))
+        counts = copy.deepcopy(last["counts"])
         if n_users:
             def signed(rows: DataFrame, sign: int) -> DataFrame:
                 return build_training_examples(cfg, rows).select("split", F.lit(sign).alias("d")).unionByName(
