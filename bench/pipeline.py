@@ -254,6 +254,43 @@ def child_generate(spec: dict[str, Any]) -> dict[str, Any]:
     return {"summary": summary, "seconds": round(time.perf_counter() - t, 2)}
 
 
+THREAD_KINDS = (("tasks", "Executor task"), ("jit", "C1 CompilerThre", "C2 CompilerThre"),
+                ("gc", "GC Thread", "G1 ", "VM Thread"))  # /proc comm names are cut at 15 characters
+
+
+def jvm_cpu_snapshot(pid: int) -> dict[str, Any] | None:
+    """The JVM's CPU seconds (user + system) so far: the whole process's, and each live thread's
+    with its kind. From /proc (Linux); None elsewhere."""
+    proc = Path(f"/proc/{pid}")
+    if not proc.is_dir():
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu(stat: Path) -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    threads = {}
+    for t in (proc / "task").iterdir():
+        try:
+            comm = (t / "comm").read_text().strip()
+            threads[t.name] = (next((k[0] for k in THREAD_KINDS if comm.startswith(k[1:])), "other"), cpu(t / "stat"))
+        except OSError:  # the thread ended meanwhile
+            continue
+    return {"total": cpu(proc / "stat"), "threads": threads}
+
+
+def jvm_cpu_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds by thread kind between two snapshots. Threads that ended in between are
+    counted in the total but cannot be told apart: their seconds are ``ended_threads``."""
+    out = {k[0]: 0.0 for k in THREAD_KINDS} | {"other": 0.0}
+    for tid, (kind, secs) in after["threads"].items():
+        out[kind] += secs - before["threads"].get(tid, (kind, 0.0))[1]
+    out["ended_threads"] = after["total"] - before["total"] - sum(out.values())
+    out["total"] = after["total"] - before["total"]
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def child_measure(spec: dict[str, Any]) -> dict[str, Any]:
     from recsys.cli import _quiet
 
@@ -268,17 +305,24 @@ def child_measure(spec: dict[str, Any]) -> dict[str, Any]:
     stages: dict[str, dict[str, float]] = {}
     reports: dict[str, Any] = {}
 
+    jvm_pid: list[int] = []
+
     def stage(name: str, fn, *a, **kw):
         print(f"[bench] {name} ...", flush=True)
+        cpu0 = jvm_cpu_snapshot(jvm_pid[0]) if jvm_pid else None
         start, t = time.time(), time.perf_counter()
         out = fn(*a, **kw)
         secs = time.perf_counter() - t
         stages[name] = {"start": start, "end": time.time(), "seconds": round(secs, 3)}
+        cpu1 = jvm_cpu_snapshot(jvm_pid[0]) if cpu0 is not None else None
+        if cpu1 is not None:
+            stages[name]["jvm_cpu_seconds"] = jvm_cpu_between(cpu0, cpu1)
         print(f"[bench] {name} done in {secs:.1f}s", flush=True)
         return out
 
     spark = stage("spark_start", get_spark, cfg)
     sc = spark.sparkContext
+    jvm_pid.append(int(sc._jvm.java.lang.ProcessHandle.current().pid()))
     reports["ingest_full"] = stage("ingest_full", ingest, spark, cfg, full=True)
     if has_full:
         reports["profiles_full"] = stage("profiles_full", build_profiles, spark, cfg, full=True)
@@ -532,6 +576,7 @@ def measure(args: argparse.Namespace, data: dict[str, Any], master: str, root: P
             "peak_rss_mib": pk("ingest_full", "profiles_full"),
             "ingest_peak_rss_mib": pk("ingest_full"),
             "profiles_peak_rss_mib": pk("profiles_full"),
+            "jvm_cpu_seconds": _cpu_sum(st, "ingest_full", "profiles_full"),
         },
         "incremental": {
             "event_lines": inc_lines,
@@ -562,6 +607,14 @@ def measure(args: argparse.Namespace, data: dict[str, Any], master: str, root: P
           f"{f['profiles_seconds']:.1f}s), {f['events_per_second'] or 0:,} events/s, peak {f['peak_rss_mib']} MiB; "
           f"incremental {inc_total:.1f}s = {run['incremental_over_full']:.2f} of full", flush=True)
     return run
+
+
+def _cpu_sum(st: dict[str, Any], *names: str) -> dict[str, float] | None:
+    """The stages' JVM CPU seconds by thread kind, added up (None without /proc)."""
+    parts = [st[n].get("jvm_cpu_seconds") for n in names]
+    if any(p is None for p in parts):
+        return None
+    return {k: round(sum(p[k] for p in parts), 1) for k in parts[0]}
 
 
 def _floor(rep: dict[str, Any], st: dict[str, Any], full_total: float) -> dict[str, Any]:
@@ -667,6 +720,11 @@ def render(result: dict[str, Any]) -> str:
                  f"{_f(f['peak_rss_mib'], '>9.0f')} | {_f(i['event_lines'], '>9,')} {i['ingest_seconds']:>7.1f} "
                  f"{i['profiles_seconds']:>9.1f} {i['total_seconds']:>7.1f} {_f(r['incremental_over_full'], '>8.3f')} "
                  f"{i['profiles_mode'] or 'rebuild':<11}")
+        cpu = f.get("jvm_cpu_seconds")
+        if cpu:
+            L.append(f"  {'':>10} {'':<10} JVM CPU in the full build: {cpu['total']:.0f}s = "
+                     f"{cpu['total'] / f['total_seconds']:.2f} cores busy; tasks {cpu['tasks']:.0f}s, JIT compilers "
+                     f"{cpu['jit']:.0f}s, GC {cpu['gc']:.0f}s, other threads {cpu['other'] + cpu['ended_threads']:.0f}s")
         if "floor" in r:
             fl = r["floor"]
             L.append(f"  {'':>10} {'':<10} floor run before it: {_f(fl['event_lines'], ',')} lines, ingest "

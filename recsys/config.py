@@ -48,6 +48,17 @@ class LakehouseConfig:
         return self.root_path / "_reports"
 
 
+# HotSpot compiles a method with its optimising compiler (C2) once it has run 5,000 times or
+# looped 40,000 times. A pipeline of a few hundred Spark queries, each with its own generated
+# classes, makes C2 compile tens of thousands of methods that then run a few more times: on two
+# cores a full build of 5M events spent 86 s of 389 s of CPU in the JIT compilers, and an
+# incremental run as much CPU compiling as running tasks. Ten times the thresholds leave C2 the
+# really hot loops: in a pair of runs JIT CPU fell to 59 s and the full build on local[2] from
+# 204 s to 190 s. bench/pipeline.py reports the JVM's CPU by thread kind.
+JIT_OPTIONS = ("-XX:Tier4InvocationThreshold=50000 -XX:Tier4MinInvocationThreshold=6000 "
+               "-XX:Tier4CompileThreshold=150000 -XX:Tier4BackEdgeThreshold=400000")
+
+
 @dataclass(frozen=True)
 class SparkConfig:
     master: str = "local[2]"
@@ -55,6 +66,8 @@ class SparkConfig:
     shuffle_partitions: int = 4
     driver_memory: str = "4g"
     resolve_delta_jars: bool = True  # add Delta through spark.jars.packages (off where the cluster has it)
+    # JVM options for the driver and the executors (JIT_OPTIONS above by default); "" for none.
+    jvm_options: str = JIT_OPTIONS
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -47,6 +47,11 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(max(8, cfg.shuffle_partitions)),
         "spark.sql.adaptive.enabled": "true",
     }
+    if cfg.jvm_options:
+        # Read when a JVM starts: here when pyspark launches the local driver; under
+        # spark-submit pass them with --driver-java-options (see README).
+        conf["spark.driver.extraJavaOptions"] = cfg.jvm_options
+        conf["spark.executor.extraJavaOptions"] = cfg.jvm_options
     if cfg.resolve_delta_jars:
         conf["spark.jars.packages"] = delta_package()
     conf.update(cfg.extra)

@@ -95,3 +95,17 @@ def test_the_loss_is_the_full_softmax_up_to_a_catalogue_size():
     assert sampled_negatives(never, 10**6) == 0
     always = load_config(CONF / "local.yaml", ["train.full_softmax_max_items=0", "train.num_negatives=50"]).train
     assert sampled_negatives(always, 51) == 50 and sampled_negatives(always, 50) == 0  # K >= catalogue: exact
+
+
+def test_jvm_options_reach_the_driver_and_executors_and_can_be_turned_off():
+    from recsys.config import JIT_OPTIONS
+    from recsys.spark import spark_conf
+
+    cfg = load_config(CONF / "local.yaml")
+    assert cfg.spark.jvm_options == JIT_OPTIONS  # base.yaml spells out the same default
+    conf = spark_conf(cfg.spark)
+    assert conf["spark.driver.extraJavaOptions"] == conf["spark.executor.extraJavaOptions"] == JIT_OPTIONS
+    off = spark_conf(load_config(CONF / "local.yaml", ["spark.jvm_options="]).spark)
+    assert "spark.driver.extraJavaOptions" not in off and "spark.executor.extraJavaOptions" not in off
+    mine = load_config(CONF / "local.yaml", ["spark.jvm_options=-Xss4m"]).spark
+    assert spark_conf(mine)["spark.driver.extraJavaOptions"] == "-Xss4m"
