@@ -41,6 +41,11 @@ shared pages once per process, so it is an upper bound. Processes younger than 1
 summed: the JVM forks helpers (chmod, readlink via jspawnhelper) that show the JVM's own RSS
 for a moment and would count it twice.
 
+CPU: each stage records the Spark JVM's CPU seconds (user + system, from /proc on Linux) by
+thread kind: Spark's task threads, the JIT compilers, the garbage collector, and the rest
+(driver, scheduler, Delta, Py4J); threads that ended inside the stage are counted apart.
+The output gives them for each full build, with the cores kept busy (CPU / wall seconds).
+
 key=value overrides go before --events/--masters or after ``--`` (those options take lists).
 
 Exit codes: 0 measured (goals met or not: see the output), 2 a user mistake, 1 a run failed.
