@@ -160,36 +160,11 @@ def _tops(per: DataFrame, name: str, out: str, k: int = 3) -> DataFrame:
     return counts.select("user_id", _tops_of(F.col(f"{name}_counts"), name, k).alias(out), f"{name}_counts")
 
 
-def _visit_start(previous_session: Column) -> Column:
-    """1 where an event starts a visit: it has a session id, and the user's last earlier session
-    id (in time order, skipping events without one) is none or another one."""
-    s = F.col("session_id")
-    return (s.isNotNull() & (previous_session.isNull() | (previous_session != s))).cast("long")
-
-
 def _purchase_value() -> Column:
     """A purchase's value in exact cents (price rounded to 2 decimals, times the quantity), so
     that sums do not depend on the order they are added in."""
     return F.when(F.col("event_type") == "purchase",
                   F.col("price").try_cast("decimal(18,2)") * F.coalesce("quantity", F.lit(1)))
-
-
-def _earlier_session() -> Column:
-    """The user's last session id before this event that is not null."""
-    return F.last("session_id", ignorenulls=True).over(by_time().rowsBetween(Window.unboundedPreceding, -1))
-
-
-def _count_aggs(visit: str) -> list[Column]:
-    return [
-        *[F.sum((F.col("event_type") == t).cast("long")).alias(f"n_{t}") for t in EVENT_TYPE_INDEX],
-        F.sum(visit).alias("n_sessions"),
-        F.min("ts").alias("first_ts"),
-        F.max("ts").alias("last_ts"),
-        # the last session id that is not null (max_by skips rows whose ordering is null)
-        F.max_by("session_id", F.when(F.col("session_id").isNotNull(), F.struct("ts", "event_id")))
-        .alias("last_session_id"),
-        F.sum(_purchase_value()).alias("_value"),
-    ]
 
 
 COUNT_COLUMNS = [f"n_{t}" for t in EVENT_TYPE_INDEX]
@@ -199,9 +174,21 @@ def user_event_counts(events: DataFrame) -> DataFrame:
     """Per user: events per type, visits (``n_sessions``: runs of consecutive events with the
     same session id; events without one do not break a run), first and last event time, the
     last session id, and the purchase value (``monetary``)."""
-    ev = events.withColumn("_visit", _visit_start(_earlier_session()))
-    return ev.groupBy("user_id").agg(*_count_aggs("_visit")) \
-        .withColumn("monetary", F.col("_value").cast("double")).drop("_value")
+    # An event starts a visit when it has a session id and the user's last earlier session id
+    # (in time order, skipping events without one) is none or another one.
+    s = F.col("session_id")
+    earlier = F.last("session_id", ignorenulls=True).over(by_time().rowsBetween(Window.unboundedPreceding, -1))
+    ev = events.withColumn("_visit", (s.isNotNull() & (earlier.isNull() | (earlier != s))).cast("long"))
+    return ev.groupBy("user_id").agg(
+        *[F.sum((F.col("event_type") == t).cast("long")).alias(f"n_{t}") for t in EVENT_TYPE_INDEX],
+        F.sum("_visit").alias("n_sessions"),
+        F.min("ts").alias("first_ts"),
+        F.max("ts").alias("last_ts"),
+        # the last session id that is not null (max_by skips rows whose ordering is null)
+        F.max_by("session_id", F.when(F.col("session_id").isNotNull(), F.struct("ts", "event_id")))
+        .alias("last_session_id"),
+        F.sum(_purchase_value()).cast("double").alias("monetary"),
+    )
 
 
 def _history(h: Column) -> dict[str, Column]:
