@@ -620,6 +620,16 @@ def _user_count_delta(now: DataFrame, before: DataFrame) -> DataFrame:
     )
 
 
+def _count_moves(cfg: Config, new: DataFrame, old: DataFrame) -> list:
+    """Rows (split, d): how many rows the replacement of users' rows ``old`` by ``new`` adds to
+    ``user_profiles`` (split null) and to each split of ``training_examples``."""
+    def signed(rows: DataFrame, sign: int) -> DataFrame:
+        return build_training_examples(cfg, rows).select("split", F.lit(sign).alias("d")).unionByName(
+            rows.select(F.lit(None).cast("string").alias("split"), F.lit(sign).alias("d")))
+
+    return signed(new, 1).unionByName(signed(old, -1)).groupBy("split").agg(F.sum("d").alias("d")).collect()
+
+
 def _merge(spark: SparkSession, cfg: Config, name: str, source: DataFrame, keys: list[str],
            candidates: DataFrame | None = None) -> None:
     """Upsert ``source`` into ``name`` by ``keys``; rows whose keys are in ``candidates`` but not
@@ -774,10 +784,12 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
         gone_users = rebuilt if n_rebuilt else None
         gone_examples = rebuilt.crossJoin(spark.createDataFrame([(s,) for s in SPLITS], "split string")) \
             if n_rebuilt else None
-        with ThreadPoolExecutor(2) as pool:  # two tables, two independent MERGEs
+        with ThreadPoolExecutor(3) as pool:  # two tables, two independent MERGEs, and the count moves
             merges = [pool.submit(_merge, spark, cfg, "user_profiles", profiles, ["user_id"], gone_users),
                       pool.submit(_merge, spark, cfg, "training_examples", build_training_examples(cfg, profiles),
                                   ["user_id", "split"], gone_examples)]
+            if last.get("counts"):
+                moves = pool.submit(_count_moves, cfg, profiles, old_rows)
             for m in merges:
                 m.result()
         steps_t.done("user_profiles_and_training_examples")  # both MERGEs, run side by side
@@ -789,12 +801,7 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
         # difference, which is cheaper than reading the three tables at their new versions.
         counts = copy.deepcopy(last["counts"])
         if n_users:
-            def signed(rows: DataFrame, sign: int) -> DataFrame:
-                return build_training_examples(cfg, rows).select("split", F.lit(sign).alias("d")).unionByName(
-                    rows.select(F.lit(None).cast("string").alias("split"), F.lit(sign).alias("d")))
-
-            moved = signed(profiles, 1).unionByName(signed(old_rows, -1)).groupBy("split").agg(F.sum("d").alias("d"))
-            for r in moved.collect():
+            for r in moves.result():
                 if r["split"] is None:
                     counts["user_profiles"] += r["d"]
                 else:
