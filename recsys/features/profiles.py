@@ -788,8 +788,7 @@ def _incremental_build(spark: SparkSession, cfg: Config, events: DataFrame, cata
             merges = [pool.submit(_merge, spark, cfg, "user_profiles", profiles, ["user_id"], gone_users),
                       pool.submit(_merge, spark, cfg, "training_examples", build_training_examples(cfg, profiles),
                                   ["user_id", "split"], gone_examples)]
-            if last.get("counts"):
-                moves = pool.submit(_count_moves, cfg, profiles, old_rows)
+            moves = pool.submit(_count_moves, cfg, profiles, old_rows) if last.get("counts") else None
             for m in merges:
                 m.result()
         steps_t.done("user_profiles_and_training_examples")  # both MERGEs, run side by side
