@@ -11,7 +11,10 @@ What it measures (the goals of the issue):
   but the last day's; seconds per stage, event lines per second, peak memory;
 * cost against size: time(largest) / time(smallest), goal <= 1.1 x the ratio of their event
   counts (time(5M) <= 5.5 x time(1M));
-* parallelism: time(first master) / time(each other master), goal >= 1.6 (local[1] / local[2]);
+* parallelism: time(first master) / time(each other master), goal >= 1.6 (local[1] / local[2]),
+  and its *ceiling* on this machine: time(first master) x usable cores / the JVM CPU seconds of
+  the other master's full build. No schedule does that CPU work on those cores in less time, so
+  the ratio cannot exceed the ceiling unless the build needs less CPU;
 * incremental run: the held-back last day's file (about 1% of the events at 100 days) arrives
   in the landing folder, then ``ingest(spark, cfg)`` (new files only) and ``build_profiles``
   again (``full=False`` when build_profiles has that keyword); goal: incremental <= 10% of full.
@@ -622,6 +625,12 @@ def _cpu_sum(st: dict[str, Any], *names: str) -> dict[str, float] | None:
     return {k: round(sum(p[k] for p in parts), 1) for k in parts[0]}
 
 
+def _cores_busy(run: dict[str, Any]) -> float | None:
+    """The full build's JVM CPU seconds per wall-clock second."""
+    cpu = run["full"].get("jvm_cpu_seconds")
+    return round(cpu["total"] / run["full"]["total_seconds"], 2) if cpu and run["full"]["total_seconds"] else None
+
+
 def _floor(rep: dict[str, Any], st: dict[str, Any], full_total: float) -> dict[str, Any]:
     """The floor run's figures (absent without --floor-lines)."""
     if "ingest_floor" not in st:
@@ -644,7 +653,19 @@ def _all_or_none(flags: list[bool]) -> bool | None:
     return all(flags) if flags else None
 
 
-def assess(runs: list[dict[str, Any]], sizes: list[int], masters: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def speedup_ceiling(baseline: dict[str, Any], other: dict[str, Any], cores: int | None) -> float | None:
+    """The most the other master's full build could gain over the baseline's on this machine,
+    given the CPU it took: ``cores`` cores cannot do its JVM CPU seconds in less than
+    (CPU / cores) seconds, so time(baseline) / time(other) <= time(baseline) * cores / CPU.
+    The JVM's CPU leaves out Python's, so the true ceiling is at most this (None without /proc)."""
+    cpu = other["full"].get("jvm_cpu_seconds")
+    if not cores or not cpu or not cpu.get("total"):
+        return None
+    return round(baseline["full"]["total_seconds"] * cores / cpu["total"], 3)
+
+
+def assess(runs: list[dict[str, Any]], sizes: list[int], masters: list[str],
+           cores: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     ok = {(r["events_target"], r["master"]): r for r in runs if "error" not in r}
     scaling, speedup, incremental = [], [], []
     small = min(sizes)
@@ -674,6 +695,8 @@ def assess(runs: list[dict[str, Any]], sizes: list[int], masters: list[str]) -> 
             speedup.append({"events_target": s, "baseline": base, "master": m, "speedup": round(x, 3),
                             "ingest_speedup": round(a["full"]["ingest_seconds"] / b["full"]["ingest_seconds"], 3),
                             "profiles_speedup": round(a["full"]["profiles_seconds"] / b["full"]["profiles_seconds"], 3),
+                            "ceiling": speedup_ceiling(a, b, cores),
+                            "baseline_cores_busy": _cores_busy(a), "cores_busy": _cores_busy(b),
                             "met": x >= GOAL_SPEEDUP})
     for (s, m), r in sorted(ok.items(), key=lambda kv: (kv[0][0], masters.index(kv[0][1]))):
         incremental.append({"events_target": s, "master": m, "ratio": r["incremental_over_full"],
@@ -747,6 +770,11 @@ def render(result: dict[str, Any]) -> str:
         L.append(f"  parallelism   {x['events_target']:>10,} events: time({x['baseline']})/time({x['master']}) = "
                  f"{x['speedup']:.2f} (ingest {x['ingest_speedup']:.2f}, profiles {x['profiles_speedup']:.2f}); "
                  f"goal >= {GOAL_SPEEDUP}: {_yn(x['met'])}")
+        if x.get("ceiling") is not None:
+            L.append(f"  {'':>13} ceiling on this machine: {x['ceiling']:.2f} = time({x['baseline']}) x "
+                     f"{result['machine']['cores_usable']} cores / the JVM CPU of {x['master']}'s full build "
+                     f"({x['baseline']} kept {x['baseline_cores_busy']:.2f} cores busy, {x['master']} "
+                     f"{x['cores_busy']:.2f})")
     for x in ra["incremental"]:
         L.append(f"  incremental   {x['events_target']:>10,} events {x['master']:<10} incremental/full = "
                  f"{_f(x['ratio'], '.3f')}; goal <= {GOAL_INCREMENTAL}: {_yn(x['met'])}"
@@ -796,6 +824,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=0.5, help="memory sampling interval in seconds (default 0.5)")
     p.add_argument("--keep-lakehouses", action="store_true", help="keep each run's lakehouse under <root>/runs/")
     p.add_argument("--regenerate", action="store_true", help="generate the shops again even when cached")
+    p.add_argument("--reassess", default=None, metavar="JSON",
+                   help="measure nothing: recompute the ratios and goals of an earlier result file with this "
+                        "script's rules (the speed-up ceiling, for one) and print them; the file is not changed")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every run, e.g. spark.shuffle_partitions=8")
     args = p.parse_intermixed_args(argv)
@@ -875,7 +906,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     notes.append("the incremental run reuses the full build's Spark session (warm JVM); Spark start-up is "
                  "measured separately and excluded")
 
-    ratios, met = assess(runs, args.events, args.masters)
+    ratios, met = assess(runs, args.events, args.masters, machine["cores_usable"])
     result: dict[str, Any] = {
         "benchmark": "pipeline",
         "started_at": started.isoformat(),
@@ -909,11 +940,26 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     return result
 
 
+def reassess(path: Path) -> int:
+    """Print an earlier result file's figures with the ratios and goals recomputed."""
+    try:
+        result = json.loads(path.read_text())
+        result["ratios"], result["goals_met"] = assess(result["runs"], result["settings"]["events"],
+                                                       result["settings"]["masters"], result["machine"]["cores_usable"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"bench/pipeline.py: error: --reassess {path}: not a readable result of this benchmark ({e})", file=sys.stderr)
+        return 2
+    print(render(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.child is not None:
         return child_main(args.child)
+    if args.reassess is not None:
+        return reassess(Path(args.reassess))
     try:
         result = run(args, argv)
     except UsageError as e:
