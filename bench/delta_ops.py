@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _machine  # bench/ is on sys.path when a benchmark runs as a script
+
 REPO = Path(__file__).resolve().parent.parent
 MINIMAL_RUN = {"append": 3, "state": 3, "change_feed": 1, "merge": 3, "overwrite": 1}
 
@@ -81,17 +83,19 @@ def measure(master: str, root: Path, repeats: int, warmup: int, target_rows: int
     spark.range(1000).select(F.col("id").cast("string").alias("event_id"), F.lit(dt.date(2026, 1, 1)).alias("event_date")) \
         .write.format("delta").partitionBy("event_date").option("delta.enableChangeDataFeed", "true").save(events)
     salt = iter(range(1, 10**6))
+    appended = [0]  # the events table's latest version: one commit per append (recsys knows it from its log)
 
     def append() -> None:
         spark.range(100).select(F.expr("uuid()").alias("event_id"), F.current_date().alias("event_date")) \
             .write.format("delta").mode("append").save(events)
+        appended[0] += 1
 
     def state() -> None:
         DeltaTable.forPath(spark, events).detail().first()
 
     def change_feed() -> None:
-        version = DeltaTable.forPath(spark, events).history(1).first()["version"]
-        spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", version).load(events).count()
+        spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", appended[0]) \
+            .load(events).count()
 
     def merge_into(path: str) -> None:
         s = next(salt)
@@ -149,9 +153,6 @@ def main(argv: list[str]) -> int:
             print(f"[delta_ops] the run on {master} failed (exit {done.returncode})", file=sys.stderr)
             return 1
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _machine
-
     result = {"benchmark": "delta_ops", "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
               "command": " ".join([sys.executable, "bench/delta_ops.py", *argv]),
               "settings": {"repeats": args.repeats, "warmup": args.warmup, "target_rows": args.target_rows,
