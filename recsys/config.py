@@ -19,9 +19,10 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from recsys import storage
 
-class ConfigError(ValueError):
-    """A configuration key is unknown, has the wrong type or an out-of-range value."""
+
+from recsys.errors import ConfigError  # noqa: F401  (re-exported: raised by every check below)
 
 
 class Env(str, enum.Enum):
@@ -32,20 +33,56 @@ class Env(str, enum.Enum):
 
 @dataclass(frozen=True)
 class LakehouseConfig:
+    """Where the lakehouse lives: any location Spark can write (``s3a://bucket/lake``,
+    ``abfss://…``, ``gs://…``, ``hdfs://…``, ``dbfs:/…``, ``file:///…``) or a local folder.
+
+    Locations are opaque URI strings (``*_uri``); only a plain path is made absolute. The
+    ``*_path`` properties are conveniences for local lakehouses (tests, the demo) and raise
+    :class:`ConfigError` for any other."""
+
     root: str = "lakehouse"
     landing: str = ""  # raw files; default <root>/landing
 
+    def __post_init__(self) -> None:
+        if not self.root.strip():
+            raise ConfigError("lakehouse.root must not be empty")
+
+    @property
+    def root_uri(self) -> str:
+        return storage.normalise(self.root)
+
+    @property
+    def landing_uri(self) -> str:
+        return storage.normalise(self.landing) if self.landing else storage.join(self.root_uri, "landing")
+
+    @property
+    def reports_uri(self) -> str:
+        return storage.join(self.root_uri, "_reports")
+
+    def uri(self, relative: str) -> str:
+        """``relative`` under the root (an absolute path or a URI is kept as it is)."""
+        if storage.has_scheme(relative) or relative.startswith("/"):
+            return relative
+        return storage.join(self.root_uri, relative)
+
     @property
     def root_path(self) -> Path:
-        return Path(self.root).expanduser().resolve()
+        return _local(self.root_uri, "lakehouse.root")
 
     @property
     def landing_path(self) -> Path:
-        return Path(self.landing).expanduser().resolve() if self.landing else self.root_path / "landing"
+        return _local(self.landing_uri, "lakehouse.landing")
 
     @property
     def reports_path(self) -> Path:
-        return self.root_path / "_reports"
+        return _local(self.reports_uri, "lakehouse.root")
+
+
+def _local(uri: str, key: str) -> Path:
+    path = storage.local_path(uri)
+    if path is None:
+        raise ConfigError(f"config key '{key}': {uri} is not a local folder (this needs one)")
+    return Path(path)
 
 
 # HotSpot compiles a method with its optimising compiler (C2) once it has run 5,000 times or
@@ -286,17 +323,26 @@ class Config:
 
     # --- derived locations -------------------------------------------------------------
     def table_path(self, name: str) -> str:
-        """Absolute path of the Delta table called ``name`` (a field of TablesConfig)."""
-        rel = getattr(self.tables, name)
-        return rel if "://" in rel or rel.startswith("/") else str(self.lakehouse.root_path / rel)
+        """Location (URI or absolute path) of the Delta table called ``name`` (a field of TablesConfig)."""
+        return self.lakehouse.uri(getattr(self.tables, name))
 
     @property
     def tracking_uri(self) -> str:
-        return self.tracking.tracking_uri or f"sqlite:///{self.lakehouse.root_path / '_mlflow' / 'mlflow.db'}"
+        """``tracking.tracking_uri``, else a SQLite store under a local lakehouse root.
+
+        Raises:
+            ConfigError: the root is not local and no tracking URI is configured."""
+        if self.tracking.tracking_uri:
+            return self.tracking.tracking_uri
+        local = storage.local_path(self.lakehouse.root_uri)
+        if local is None:
+            raise ConfigError(f"config key 'tracking.tracking_uri' must be set when lakehouse.root is not a local "
+                              f"folder ({self.lakehouse.root_uri}): an MLflow server, 'databricks', or sqlite:///<file>")
+        return f"sqlite:///{local}/_mlflow/mlflow.db"
 
     @property
     def artifact_location(self) -> str:
-        return self.tracking.artifact_location or str(self.lakehouse.root_path / "_mlflow" / "artifacts")
+        return self.tracking.artifact_location or storage.join(self.lakehouse.root_uri, "_mlflow", "artifacts")
 
     def to_flat_dict(self) -> dict[str, Any]:
         """``{"train.epochs": 20, …}``: the resolved config, as logged to MLflow."""

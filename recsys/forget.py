@@ -28,7 +28,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from recsys.config import Config
-from recsys.ingest.pipeline import write_report
+from recsys.reports import write_report
 from recsys.privacy import pseudonymise, resolve_key
 from recsys.tables import table_exists
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from recsys import storage
 from recsys.config import Config
+from recsys.errors import MissingTableError
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "search")
 # Index 0 is padding in the model's event-type embedding.
@@ -54,20 +54,20 @@ def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
     """Read the Delta table ``name`` (a TablesConfig field).
 
     Raises:
-        FileNotFoundError: the table has not been written yet, naming the job that writes it.
+        MissingTableError: the table has not been written yet, naming the job that writes it.
     """
-    return spark.read.format("delta").load(require_table(cfg, name))
+    return spark.read.format("delta").load(require_table(cfg, name, spark))
 
 
-def require_table(cfg: Config, name: str) -> str:
-    """The path of the Delta table ``name``, after checking it exists (without reading it).
+def require_table(cfg: Config, name: str, spark: SparkSession | None = None) -> str:
+    """The location of the Delta table ``name``, after checking it exists (without reading it).
 
     Raises:
-        FileNotFoundError: the table has not been written yet, naming the job that writes it.
+        MissingTableError: the table has not been written yet, naming the job that writes it.
     """
     path = cfg.table_path(name)
-    if "://" not in path and not (Path(path) / "_delta_log").is_dir():
-        raise FileNotFoundError(
+    if not storage.is_delta_table(path, spark):
+        raise MissingTableError(
             f"Delta table '{name}' not found at {path}: run the job that writes it first "
             f"({WRITTEN_BY.get(name, 'recsys demo')})"
         )
@@ -116,9 +116,9 @@ def write_table(df: DataFrame, cfg: Config, name: str, *, partition_by: list[str
             df.sparkSession.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({props})")
 
 
-def table_exists(cfg: Config, name: str) -> bool:
-    path = cfg.table_path(name)
-    return "://" in path or (Path(path) / "_delta_log").is_dir()
+def table_exists(cfg: Config, name: str, spark: SparkSession | None = None) -> bool:
+    """True when the Delta table ``name`` has been written (checked on its storage, any URI)."""
+    return storage.is_delta_table(cfg.table_path(name), spark)
 
 
 WRITTEN_BY = {

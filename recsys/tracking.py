@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from recsys import storage
 from recsys.config import Config
+from recsys.errors import NoModelError
 
 
 def setup_mlflow(tracking_uri: str, artifact_location: str, experiment: str) -> str:
@@ -21,7 +23,7 @@ def setup_mlflow(tracking_uri: str, artifact_location: str, experiment: str) -> 
         return exp.experiment_id
     kwargs: dict[str, Any] = {}
     if artifact_location:
-        if "://" not in artifact_location:
+        if storage.local_path(artifact_location) is not None and not artifact_location.startswith("file:"):
             Path(artifact_location).mkdir(parents=True, exist_ok=True)
             artifact_location = Path(artifact_location).resolve().as_uri()
         kwargs["artifact_location"] = artifact_location
@@ -36,7 +38,7 @@ def resolve_model_uri(cfg: Config) -> tuple[str, str]:
     """``(models:/name/version, version)`` of the model to use: scoring.model_version or the alias.
 
     Raises:
-        LookupError: no model is registered yet under that name or alias.
+        NoModelError: no model is registered yet under that name or alias.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -50,7 +52,7 @@ def resolve_model_uri(cfg: Config) -> tuple[str, str]:
         else:
             version = client.get_model_version_by_alias(name, cfg.tracking.alias).version
     except MlflowException as e:
-        raise LookupError(
+        raise NoModelError(
             f"no registered model '{name}' (alias '{cfg.tracking.alias}' / version "
             f"'{cfg.scoring.model_version or '-'}') in {cfg.tracking_uri}: run `recsys train` first"
         ) from e

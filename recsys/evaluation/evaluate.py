@@ -20,7 +20,7 @@ from pyspark.sql import types as T
 
 from recsys.config import Config
 from recsys.evaluation.baselines import Scorer, fit_baselines, popularity_counts  # noqa: F401 (re-exported)
-from recsys.ingest.pipeline import write_report
+from recsys.reports import write_report
 from recsys.scoring.batch import load_model_cached, pad_left
 from recsys.tables import read_table
 from recsys.tracking import resolve_model_uri

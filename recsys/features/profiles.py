@@ -21,7 +21,7 @@ from pyspark.sql.window import WindowSpec
 from pyspark.sql import functions as F
 
 from recsys.config import Config
-from recsys.ingest.pipeline import write_report
+from recsys.reports import write_report
 from recsys.tables import (EVENT_TYPE_INDEX, FUNNEL_RANK, read_pinned, read_table, require_table, table_exists,
                            table_version, write_table)
 from recsys.timing import StepTimer

@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys.config import Config
-from recsys.ingest.pipeline import write_report
+from recsys.reports import write_report
 from recsys.tables import read_table, table_exists, write_table
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"

@@ -34,7 +34,7 @@ from recsys.ingest import files as landing_files
 from recsys.ingest import rules
 from recsys.privacy import pseudonymise_col, resolve_key
 from recsys.tables import EVENT_TYPES, RAW_CATALOG_SCHEMA, RAW_EVENT_SCHEMA, RAW_USER_SCHEMA, read_pinned
-from recsys.timing import StepTimer
+from recsys.reports import StepTimer, write_report
 
 SOURCES = ("catalog", "users", "events")
 RAW_SCHEMAS = {"catalog": RAW_CATALOG_SCHEMA, "users": RAW_USER_SCHEMA, "events": RAW_EVENT_SCHEMA}
@@ -414,13 +414,3 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
         return counts
     finally:
         df.unpersist()
-
-
-def write_report(cfg: Config, name: str, report: dict[str, Any]) -> Path:
-    """Write ``report`` as ``<root>/_reports/<name>-<UTC timestamp>.json`` and return the path."""
-    out = cfg.lakehouse.reports_path
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    path = out / f"{name}-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
-    return path

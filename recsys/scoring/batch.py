@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys.config import Config
-from recsys.ingest.pipeline import write_report
+from recsys.reports import write_report
 from recsys.tables import read_table, write_table
 from recsys.tracking import resolve_model_uri
 

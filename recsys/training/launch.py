@@ -11,7 +11,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys.config import Config, NegativeSampler, TrainConfig
-from recsys.ingest.pipeline import write_report
+from recsys.reports import write_report
 from recsys.tables import read_table, table_exists
 from recsys.training.data import materialise
 from recsys.training.loop import TrainJob, train_worker
