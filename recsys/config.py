@@ -124,6 +124,7 @@ class TablesConfig:
     training_examples: str = "gold/training_examples"
     item_text_embeddings: str = "gold/item_text_embeddings"
     recommendations: str = "gold/recommendations"
+    forget_audit: str = "audit/forget_audit"  # pseudonyms of forgotten users; ingest drops their rows
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,11 @@ class GeneratorConfig:
 @dataclass(frozen=True)
 class IngestConfig:
     full_refresh: bool = False  # true: forget what was ingested and read every landing file again
+    max_id_length: int = 256  # longer event/user/session/item ids are quarantined as id_too_long
+
+    def __post_init__(self) -> None:
+        if self.max_id_length < 1:
+            raise ConfigError(f"ingest.max_id_length must be >= 1, got {self.max_id_length}")
 
 
 @dataclass(frozen=True)

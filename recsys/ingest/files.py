@@ -14,19 +14,22 @@ the contract). Rules then apply uniformly.
 A file that is empty or a gzip stream that ends early is recorded as one quarantine row
 (``empty_file`` / ``truncated_gzip``, with whatever text could be decompressed) instead of
 failing the run.
+
+Files are listed and read through Spark and Hadoop's FileSystem (:mod:`recsys.storage`), so
+the landing folder may be on any storage Spark reaches.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+from recsys import storage
 
 TEXT_FORMATS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv"}
 FORMATS = {**TEXT_FORMATS, ".parquet": "parquet"}
@@ -36,20 +39,20 @@ CSV_SPLIT = r',(?=(?:[^"]*"[^"]*")*[^"]*$)'
 
 @dataclass(frozen=True)
 class LandingFile:
-    path: str  # absolute local path
+    path: str  # the file's URI as Hadoop names it (file:/…, s3a://…)
     size: int
-    mtime_ns: int
+    mtime_ns: int  # Hadoop's modification time (milliseconds) in nanoseconds
     fmt: str  # json | csv | parquet
     gzip: bool
 
     @property
     def uri(self) -> str:
-        return Path(self.path).as_uri()
+        return self.path
 
 
-def file_format(path: Path) -> tuple[str, bool] | None:
+def file_format(name: str) -> tuple[str, bool] | None:
     """``(format, gzipped)`` from the file name, or None for files that are not data."""
-    name = path.name.lower()
+    name = name.rsplit("/", 1)[-1].lower()
     gz = name.endswith(".gz")
     stem = name[:-3] if gz else name
     ext = os.path.splitext(stem)[1]
@@ -59,29 +62,25 @@ def file_format(path: Path) -> tuple[str, bool] | None:
     return fmt, gz
 
 
-def list_files(folder: Path) -> list[LandingFile]:
-    """Data files under ``folder`` (recursively), hidden and temporary files skipped, sorted."""
+def list_files(spark: SparkSession, folder: str) -> list[LandingFile]:
+    """Data files under ``folder`` (any URI, recursively), hidden and temporary files skipped, sorted."""
     out = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
-        for name in sorted(files):
-            if name.startswith((".", "_")):
-                continue
-            p = Path(root) / name
-            ff = file_format(p)
-            if ff is None:
-                continue
-            st = p.stat()
-            out.append(LandingFile(str(p.resolve()), st.st_size, st.st_mtime_ns, ff[0], ff[1]))
+    for f in storage.list_files(folder, spark):
+        ff = file_format(f.name)
+        if ff is not None:
+            out.append(LandingFile(f.uri, f.size, f.mtime_ms * 1_000_000, ff[0], ff[1]))
     return out
 
 
-def precheck(f: LandingFile) -> tuple[str, str] | None:
-    """``(rule, readable text)`` when the file cannot be read as a whole, else None."""
+def precheck(spark: SparkSession, f: LandingFile) -> tuple[str, str] | None:
+    """``(rule, readable text)`` when the file cannot be read as a whole, else None.
+
+    Only gzip files are read here (a truncated stream is found by decompressing it whole);
+    emptiness of a plain text file is known from its listed size, or after the line count."""
     if f.size == 0:
         return "empty_file", ""
     if f.gzip:
-        data = Path(f.path).read_bytes()
+        data = storage.read_bytes(f.path, spark)
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             text = d.decompress(data)
@@ -91,15 +90,42 @@ def precheck(f: LandingFile) -> tuple[str, str] | None:
             return "truncated_gzip", text.decode("utf-8", errors="replace")
         if not text.strip():
             return "empty_file", ""
-    elif f.fmt != "parquet" and not Path(f.path).read_bytes().strip():
-        return "empty_file", ""
     return None
 
 
-def _csv_header(f: LandingFile) -> str:
-    opener = gzip.open if f.gzip else open
-    with opener(f.path, "rt", encoding="utf-8", errors="replace") as fh:
-        return fh.readline().rstrip("\r\n")
+def line_counts(spark: SparkSession, files: list[LandingFile]) -> dict[str, dict[str, int]]:
+    """Per text file, counted straight from storage and apart from the rows that are then
+    classified (so the reconciliation of a run can fail): ``lines``, ``blank`` lines, and the
+    ``first`` line (a CSV file's header)."""
+    text = [f.uri for f in files if f.fmt != "parquet"]
+    if not text:
+        return {}
+    rows = (
+        spark.read.text(text)
+        .select(F.col("_metadata.file_path").alias("f"), F.col("value"))
+        .groupBy("f")
+        .agg(F.count("*").alias("lines"), F.sum((F.trim("value") == "").cast("int")).alias("blank"))
+        .collect()
+    )
+    return {_key(r["f"]): {"lines": int(r["lines"]), "blank": int(r["blank"] or 0)} for r in rows}
+
+
+def record_counts(spark: SparkSession, files: list[LandingFile]) -> dict[str, int]:
+    """Records per Parquet file, from the files' own metadata."""
+    return {_key(f.uri): spark.read.parquet(f.uri).count() for f in files if f.fmt == "parquet"}
+
+
+def _key(uri: str) -> str:
+    """One spelling of a file URI (Spark writes ``file:///x``, Hadoop lists ``file:/x``)."""
+    from urllib.parse import unquote
+
+    uri = unquote(uri)
+    return "file:" + uri[len("file://"):] if uri.startswith("file:///") else uri
+
+
+def _csv_header(spark: SparkSession, f: LandingFile) -> str:
+    first = spark.read.text(f.uri).first()
+    return first["value"].rstrip("\r\n") if first is not None else ""
 
 
 def read_text_rows(spark: SparkSession, files: list[LandingFile], schema: T.StructType) -> DataFrame | None:
@@ -119,7 +145,7 @@ def read_text_rows(spark: SparkSession, files: list[LandingFile], schema: T.Stru
     by_header: dict[str, list[LandingFile]] = {}
     for f in files:
         if f.fmt == "csv":
-            by_header.setdefault(_csv_header(f), []).append(f)
+            by_header.setdefault(_csv_header(spark, f), []).append(f)
     names = [fld.name for fld in schema.fields]
     for header, group in by_header.items():
         cols = [c.strip().strip('"') for c in header.split(",")]

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 import uuid
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recsys import storage
 from recsys.config import Config
+from recsys.errors import MissingInputError
 from recsys.ingest import files as landing_files
 from recsys.ingest import rules
 from recsys.privacy import pseudonymise_col, resolve_key
@@ -39,6 +39,8 @@ from recsys.reports import StepTimer, write_report
 SOURCES = ("catalog", "users", "events")
 RAW_SCHEMAS = {"catalog": RAW_CATALOG_SCHEMA, "users": RAW_USER_SCHEMA, "events": RAW_EVENT_SCHEMA}
 DUP_RULE = {"catalog": "duplicate_item_id", "users": "duplicate_user_id", "events": "duplicate_event_id"}
+# Rows of a user who asked to be forgotten: dropped and counted, never stored (not even in quarantine).
+FORGOTTEN = "forgotten_user"
 KEY = {"catalog": "item_id", "users": "user_id", "events": "event_id"}
 # Up to this many new event ids are broadcast to find which are already stored (a few tens of
 # MB); above it the stored ids and the new ones are joined by a shuffle.
@@ -69,17 +71,21 @@ EVENT_CONSTRAINTS = {
 }
 
 
-def check_landing(cfg: Config) -> Path:
-    """The landing folder, after checking it has ``events/`` and ``catalog/`` (before Spark starts).
+def check_landing(cfg: Config, spark: SparkSession | None = None) -> str:
+    """The landing folder's URI, after checking it has ``events/`` and ``catalog/``. Without
+    ``spark`` only a local landing folder is checked (so a mistake shows before Spark starts).
 
     Raises:
-        FileNotFoundError: one of them is missing.
+        MissingInputError: one of them is missing.
     """
-    landing = cfg.lakehouse.landing_path
+    landing = cfg.lakehouse.landing_uri
+    if spark is None and storage.local_path(landing) is None:
+        return landing
     for sub in ("events", "catalog"):
-        if not (landing / sub).is_dir():
-            raise FileNotFoundError(
-                f"input folder {landing / sub} does not exist: put raw files there or run `recsys generate` first"
+        if not storage.exists(storage.join(landing, sub), spark):
+            raise MissingInputError(
+                f"input folder {storage.join(landing, sub)} does not exist: put raw files there or run "
+                f"`recsys generate` first"
             )
     return landing
 
@@ -102,7 +108,7 @@ def _ensure_table(spark: SparkSession, path: str, ddl: str, *, partition_by: str
     CHECK constraints go into the creating commit as ``delta.constraints.<name>`` table
     properties (where ``ALTER TABLE … ADD CONSTRAINT`` stores them too; Delta enforces both
     alike), so a new table costs one commit instead of one per constraint."""
-    if (Path(path) / "_delta_log").is_dir() if "://" not in path else False:
+    if storage.is_delta_table(path, spark):
         return
     props = {"delta.enableChangeDataFeed": "true"} if cdf else {}
     props.update(properties or {})
@@ -143,14 +149,15 @@ def ensure_bronze(spark: SparkSession, cfg: Config) -> None:
 
 
 def manifest_path(cfg: Config) -> str:
-    return str(cfg.lakehouse.root_path / "_ingest_log")
+    return storage.join(cfg.lakehouse.root_uri, "_ingest_log")
 
 
-def reset_bronze(cfg: Config) -> None:
-    """Forget everything ingested (tables and manifest), for a full rebuild."""
-    for name in ("events", "catalog", "users", "quarantine"):
-        shutil.rmtree(cfg.table_path(name), ignore_errors=True)
-    shutil.rmtree(manifest_path(cfg), ignore_errors=True)
+def reset_bronze(spark: SparkSession, cfg: Config) -> None:
+    """Forget everything ingested (tables and manifest), for a full rebuild; on any storage."""
+    for location in [cfg.table_path(n) for n in ("events", "catalog", "users", "quarantine")] + [manifest_path(cfg)]:
+        storage.delete(location, spark)
+        if storage.exists(location, spark):  # never go on appending to what should be gone
+            raise RuntimeError(f"could not delete {location} for a full refresh")
 
 
 # --- classification ----------------------------------------------------------------------------
@@ -165,18 +172,20 @@ def _classify(df: DataFrame, rule_list: list, source: str, order_by: list[Column
     )
 
 
-def _counts(df: DataFrame, source: str, files: int) -> dict[str, Any]:
+def _counts(df: DataFrame, source: str) -> dict[str, Any]:
+    """What became of the classified rows. The rows *read* are counted apart, from storage
+    (:func:`recsys.ingest.files.line_counts`), so that ``read = accepted + quarantined +
+    duplicates + forgotten`` is a check that can fail."""
     rows = df.groupBy("rule").count().collect()
     by_rule = {r["rule"]: r["count"] for r in rows if r["rule"] is not None}
     accepted = sum(r["count"] for r in rows if r["rule"] is None)
     duplicates = by_rule.pop(DUP_RULE[source], 0)
-    read = df.count()  # counted on its own, so the reconciliation below can fail
+    forgotten = by_rule.pop(FORGOTTEN, 0)
     return {
-        "files": files,
-        "read": read,
         "accepted": accepted,
         "quarantined": sum(by_rule.values()),
         "duplicates": duplicates,
+        "forgotten": forgotten,
         "quarantined_by_rule": dict(sorted(by_rule.items())),
     }
 
@@ -186,7 +195,7 @@ def _quarantine_rows(df: DataFrame, source: str, now: Column, user_key: Column, 
     re-processing a file after a crash cannot quarantine a row twice; ``user_key`` (the
     pseudonymous user id, when the row has one) lets ``forget-user`` find it."""
     occurrence = F.row_number().over(Window.partitionBy("source_file", "raw", "rule").orderBy(F.lit(1)))
-    return df.where(F.col("rule").isNotNull()).select(
+    return df.where(F.col("rule").isNotNull() & (F.col("rule") != FORGOTTEN)).select(
         F.lit(source).alias("source"),
         "source_file",
         "rule",
@@ -201,8 +210,7 @@ def _quarantine_rows(df: DataFrame, source: str, now: Column, user_key: Column, 
 def _file_rows(spark: SparkSession, source: str, bad: list[tuple[landing_files.LandingFile, str, str]],
                now: Column, run_id: str) -> DataFrame:
     """One quarantine row per unreadable file (empty, truncated gzip)."""
-    data = [(source, Path(f.path).as_uri(), rule, text, None,
-             f"file:{Path(f.path).as_uri()}:{f.size}:{f.mtime_ns}", run_id) for f, rule, text in bad]
+    data = [(source, f.uri, rule, text, None, f"file:{f.uri}:{f.size}:{f.mtime_ns}", run_id) for f, rule, text in bad]
     df = spark.createDataFrame(data, "source string, source_file string, rule string, raw string, user_key string, "
                                      "row_key string, run_id string")
     return df.withColumn("ingested_at", now)
@@ -222,10 +230,7 @@ def new_files(spark: SparkSession, cfg: Config, source: str,
               done: set[tuple[str, str, int, int]] | None = None) -> list[landing_files.LandingFile]:
     """Files of ``source`` in the landing folder that no committed run has ingested
     (``done``: :func:`ingested_files`, read here when not given)."""
-    folder = cfg.lakehouse.landing_path / source
-    if not folder.is_dir():
-        return []
-    found = landing_files.list_files(folder)
+    found = landing_files.list_files(spark, storage.join(cfg.lakehouse.landing_uri, source))
     if done is None:
         done = ingested_files(spark, cfg)
     return [f for f in found if (source, f.path, f.size, f.mtime_ns) not in done]
@@ -237,12 +242,12 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str,
     Returns the run report (also written to ``<root>/_reports/ingest-<timestamp>.json``).
 
     Raises:
-        FileNotFoundError: the landing folder or its ``events``/``catalog`` sub-folder is missing.
+        MissingInputError: the landing folder or its ``events``/``catalog`` sub-folder is missing.
     """
-    landing = check_landing(cfg)
+    landing = check_landing(cfg, spark)
     timer = StepTimer()
     if full:
-        reset_bronze(cfg)
+        reset_bronze(spark, cfg)
     ensure_bronze(spark, cfg)
     run_id = uuid.uuid4().hex
     started = dt.datetime.now(dt.timezone.utc)
@@ -256,10 +261,24 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str,
     timer.done("prepare")
     for source in SOURCES:
         files = new_files(spark, cfg, source, done)
-        bad = [(f, *problem) for f in files if (problem := landing_files.precheck(f)) is not None]
+        bad = [(f, *problem) for f in files if (problem := landing_files.precheck(spark, f)) is not None]
         good = [f for f in files if f not in {b[0] for b in bad}]
-        counts: dict[str, Any] = {"files": len(files), "read": 0, "accepted": 0, "quarantined": 0, "duplicates": 0,
-                                  "quarantined_by_rule": {}}
+        # Rows read, counted from storage apart from the classification (see _counts).
+        lines = landing_files.line_counts(spark, good)
+        records = landing_files.record_counts(spark, good)
+        blank_files = [f for f in good if f.fmt != "parquet" and _lines(lines, f)["lines"] == _lines(lines, f)["blank"]]
+        bad += [(f, "empty_file", "") for f in blank_files]
+        good = [f for f in good if f not in blank_files]
+        text = [_lines(lines, f) for f in good if f.fmt != "parquet"]
+        headers = sum(1 for f in good if f.fmt == "csv")
+        counts: dict[str, Any] = {
+            "files": len(files),
+            "lines": sum(t["lines"] for t in text) + sum(records.values()),
+            "blank_lines": sum(t["blank"] for t in text),
+            "header_lines": headers,
+            "read": sum(t["lines"] - t["blank"] for t in text) - headers + sum(records.values()),
+            "accepted": 0, "quarantined": 0, "duplicates": 0, "forgotten": 0, "quarantined_by_rule": {},
+        }
         if bad:
             q = _file_rows(spark, source, bad, now, run_id)
             _insert_quarantine(cfg, q)
@@ -271,7 +290,8 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str,
         if rows is not None:
             counts = _merge_counts(counts, _ingest_rows(spark, cfg, source, rows, now, user_id, run_id, fresh=full,
                                                         timer=timer))
-        counts["reconciles"] = counts["read"] == counts["accepted"] + counts["quarantined"] + counts["duplicates"]
+        counts["reconciles"] = counts["read"] == (counts["accepted"] + counts["quarantined"] + counts["duplicates"]
+                                                  + counts["forgotten"])
         report[source] = counts
         manifest_rows += [(f.path, f.size, f.mtime_ns, source, run_id) for f in files]
         timer.done(source)
@@ -285,18 +305,32 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str,
     report["files_read"] = len(manifest_rows)
     report["step_seconds"] = timer.seconds
     report["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
-    report["report_path"] = str(write_report(cfg, "ingest", report))
+    report["report_path"] = write_report(cfg, "ingest", report)
     print(json.dumps({s: {k: report[s][k] for k in ("files", "read", "accepted", "quarantined", "duplicates")}
                       for s in SOURCES}, default=str))
     return report
 
 
+def _lines(lines: dict[str, dict[str, int]], f: landing_files.LandingFile) -> dict[str, int]:
+    """The line counts of ``f`` (a text file Spark read no line of has none)."""
+    return lines.get(landing_files._key(f.uri), {"lines": 0, "blank": 0})
+
+
 def _merge_counts(base: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
-    for k in ("read", "accepted", "quarantined", "duplicates"):
+    for k in ("accepted", "quarantined", "duplicates", "forgotten"):
         out[k] = base.get(k, 0) + got[k]
     out["quarantined_by_rule"] = got["quarantined_by_rule"]
     return out
+
+
+def forgotten_users(spark: SparkSession, cfg: Config) -> DataFrame | None:
+    """Pseudonyms of the users ``forget-user`` erased (None when nobody was): their rows in
+    landing files are never stored again, not even by a full refresh."""
+    path = cfg.table_path("forget_audit")
+    if not storage.is_delta_table(path, spark):
+        return None
+    return spark.read.format("delta").load(path).select(F.col("user_key").alias("_forgotten")).distinct()
 
 
 def _insert_quarantine(cfg: Config, rows: DataFrame) -> None:
@@ -317,11 +351,17 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
 
     timer = timer or StepTimer()
 
+    max_id = cfg.ingest.max_id_length
+    forgotten = forgotten_users(spark, cfg) if source in ("users", "events") else None
+    if forgotten is not None:
+        rows = rows.join(F.broadcast(forgotten), user_id == F.col("_forgotten"), "left")
+    # First of all rules: a forgotten user's row is dropped whatever else is wrong with it.
+    forget_rule = [(FORGOTTEN, F.col("_forgotten").isNotNull())] if forgotten is not None else []
     if source == "catalog":
-        rule_list = rules.catalog_rules()
+        rule_list = rules.catalog_rules(max_id)
         order = [F.col("source_file"), F.col("raw")]
     elif source == "users":
-        rule_list = rules.user_rules()
+        rule_list = forget_rule + rules.user_rules(max_id)
         order = [F.col("source_file"), F.col("raw")]
     else:
         known = spark.read.format("delta").load(cfg.table_path("catalog")).select(F.col("item_id").alias("_known_item"))
@@ -338,7 +378,7 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
                 # Look the new ids up while scanning the table's ids, instead of shuffling them all.
                 seen = seen.join(F.broadcast(incoming), "_seen_id", "left_semi")
             rows = rows.join(seen, F.trim(F.col("p.event_id")) == F.col("_seen_id"), "left")
-        rule_list = rules.event_rules() + [
+        rule_list = forget_rule + rules.event_rules(max_id) + [
             ("unknown_item", (F.col("p.event_type") != "search") & F.col("_known_item").isNull()),
             # delivered again after an earlier run already stored it
             ("duplicate_event_id", F.col("_seen_id").isNotNull()),
@@ -348,8 +388,7 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
     try:
         # Counting first computes and caches the classified rows, and tells whether any row
         # was rejected at all: a clean batch makes no (empty) quarantine commit.
-        files = len({r[0] for r in df.select("source_file").distinct().collect()})
-        counts = _counts(df, source, files)
+        counts = _counts(df, source)
         timer.done(f"{source}.counts")
         ok = df.where(F.col("rule").isNull())
         target = DeltaTable.forPath(spark, cfg.table_path(source))

@@ -43,6 +43,14 @@ def format_rules(p: str = "p") -> list[tuple[str, Column]]:
     ]
 
 
+def too_long(max_length: int, *cols: Column) -> Column:
+    """True when any of ``cols`` (ids) is longer than ``max_length`` characters."""
+    cond = F.lit(False)
+    for c in cols:
+        cond = cond | (F.length(F.trim(c)) > max_length)
+    return cond
+
+
 def first_broken(rules: list[tuple[str, Column]]) -> Column:
     """The name of the first rule whose condition is true, else null."""
     expr = F.lit(None).cast("string")
@@ -51,8 +59,9 @@ def first_broken(rules: list[tuple[str, Column]]) -> Column:
     return expr
 
 
-def event_rules(p: str = "p") -> list[tuple[str, Column]]:
-    """Rules for a raw event parsed into struct column ``p``."""
+def event_rules(max_id_length: int, p: str = "p") -> list[tuple[str, Column]]:
+    """Rules for a raw event parsed into struct column ``p``; ids longer than
+    ``max_id_length`` characters are ``id_too_long``."""
     col = lambda name: F.col(f"{p}.{name}")  # noqa: E731
     item_event = col("event_type") != "search"
     price = col("price").try_cast("double")
@@ -64,6 +73,7 @@ def event_rules(p: str = "p") -> list[tuple[str, Column]]:
         ("missing_user_id", blank(col("user_id"))),
         ("unknown_event_type", blank(col("event_type")) | ~col("event_type").isin(*EVENT_TYPES)),
         ("missing_item_id", item_event & blank(col("item_id"))),
+        ("id_too_long", too_long(max_id_length, col("event_id"), col("user_id"), col("session_id"), col("item_id"))),
         ("bad_timestamp", blank(col("ts")) | ts.isNull()),
         ("future_timestamp", ts > F.current_timestamp() + F.expr(f"INTERVAL {FUTURE_TOLERANCE_HOURS} HOURS")),
         ("bad_price", col("price").isNotNull() & price.isNull()),
@@ -73,23 +83,25 @@ def event_rules(p: str = "p") -> list[tuple[str, Column]]:
     ]
 
 
-def catalog_rules(p: str = "p") -> list[tuple[str, Column]]:
+def catalog_rules(max_id_length: int, p: str = "p") -> list[tuple[str, Column]]:
     col = lambda name: F.col(f"{p}.{name}")  # noqa: E731
     price = col("price").try_cast("double")
     return [
         *format_rules(p),
         ("missing_item_id", blank(col("item_id"))),
+        ("id_too_long", too_long(max_id_length, col("item_id"))),
         ("missing_title", blank(col("title"))),
         ("bad_price", col("price").isNotNull() & price.isNull()),
         ("negative_price", price < 0),
     ]
 
 
-def user_rules(p: str = "p") -> list[tuple[str, Column]]:
+def user_rules(max_id_length: int, p: str = "p") -> list[tuple[str, Column]]:
     col = lambda name: F.col(f"{p}.{name}")  # noqa: E731
     age = col("age").try_cast("int")
     return [
         *format_rules(p),
         ("missing_user_id", blank(col("user_id"))),
+        ("id_too_long", too_long(max_id_length, col("user_id"))),
         ("bad_age", col("age").isNotNull() & (age.isNull() | (age < 0) | (age > 120))),
     ]

@@ -40,6 +40,7 @@ ROW_KINDS = {
     "bad_quantity": ("quantity.jsonl", ev("x8", event_type="purchase", quantity=100000)),
     "unknown_item": ("not_in_catalogue.jsonl", ev("x9", event_type="purchase", item_id="i999")),
     "duplicate_event_id": ("duplicate.jsonl", ev("good-duplicate.jsonl")),
+    "id_too_long": ("long_id.jsonl", ev("x12", user_id="u" * 100_000)),
 }
 CSV_HEADER = "event_id,user_id,event_type,item_id,ts,price"
 CSV_BAD = "x10,u1,view,i1,2026-10-01T10:00:00Z,1.5,EXTRA"
@@ -59,6 +60,8 @@ def ingested(spark, tmp_path_factory):
     (root / "events" / "latin1.jsonl").write_bytes(
         (ev("good-latin1.jsonl") + "\n").encode() + LATIN1_BAD.encode("latin-1") + b"\n")
     (root / "events" / "empty.jsonl").write_text("")
+    (root / "events" / "only_blank.jsonl").write_text("\n   \n\n")
+    (root / "events" / "blank_lines.jsonl").write_text(f"\n{ev('good-blank')}\n  \n")
     whole = gzip.compress((ev("t1") + "\n" + ev("t2") + "\n").encode())
     (root / "events" / "cut.jsonl.gz").write_bytes(whole[:-12])
     report = ingest(spark, cfg)
@@ -94,11 +97,12 @@ def test_wrong_encoding(ingested):
     assert "good-latin1.jsonl" in accepted
 
 
-@pytest.mark.parametrize("name, rule", [("empty.jsonl", "empty_file"), ("cut.jsonl.gz", "truncated_gzip")])
+@pytest.mark.parametrize("name, rule", [("empty.jsonl", "empty_file"), ("only_blank.jsonl", "empty_file"),
+                                        ("cut.jsonl.gz", "truncated_gzip")])
 def test_unreadable_file_is_quarantined_whole(ingested, name, rule):
     report, quarantine, accepted = ingested
     assert [r["rule"] for r in _rows_of(quarantine, name)] == [rule]
-    assert report["events"]["files_quarantined"][rule] == 1
+    assert report["events"]["files_quarantined"][rule] == (2 if rule == "empty_file" else 1)
     assert not {"t1", "t2"} & accepted  # nothing half-read from a cut file
 
 
@@ -106,5 +110,24 @@ def test_the_report_reconciles_over_all_kinds(ingested):
     report, quarantine, accepted = ingested
     e = report["events"]
     assert e["read"] == e["accepted"] + e["quarantined"] + e["duplicates"] and e["reconciles"]
-    assert e["accepted"] == len(accepted) == len(ROW_KINDS) + 2  # one good row per file
+    assert e["accepted"] == len(accepted) == len(ROW_KINDS) + 3  # one good row per file
     assert e["duplicates"] == 1
+    # Counted from storage: blank lines are reported as such, the CSV header as a header.
+    assert e["blank_lines"] == 2 and e["header_lines"] == 1
+    assert e["lines"] == e["read"] + e["blank_lines"] + e["header_lines"]
+
+
+def test_a_row_lost_between_reading_and_classifying_fails_the_reconciliation(spark, tmp_path):
+    """The rows read are counted apart from the classified rows, so a row dropped without a
+    rule shows: here a CSV file that repeats its header line mid-file (the reader skips
+    header lines as such, the line count expects one per file)."""
+    cfg = make_config(tmp_path / "lakehouse")
+    root = cfg.lakehouse.landing_path
+    (root / "catalog").mkdir(parents=True)
+    (root / "events").mkdir()
+    (root / "catalog" / "catalog.jsonl").write_text("".join(json.dumps(c) + "\n" for c in CATALOG))
+    good = "e1,u1,view,i1,2026-10-01T10:00:00Z,1.5"
+    (root / "events" / "twice.csv").write_text(f"{CSV_HEADER}\n{good}\n{CSV_HEADER}\n")
+    e = ingest(spark, cfg)["events"]
+    assert (e["read"], e["accepted"], e["quarantined"]) == (2, 1, 0)
+    assert e["reconciles"] is False

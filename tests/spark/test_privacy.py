@@ -91,3 +91,47 @@ def test_forget_user_purges_files_of_a_table_with_deletion_vectors(spark, tmp_pa
     on_disk = spark.read.parquet(*glob.glob(f"{path}/*.parquet"))  # every file left, bypassing the log
     assert on_disk.where(f"user_id = '{victim}'").count() == 0
     assert on_disk.where(f"user_id = '{other}'").count() == 20
+
+
+def test_forget_user_restores_the_retention_check(spark, tmp_path):
+    """The VACUUM RETAIN 0 HOURS of forget-user must not leave Delta's safety check off for
+    every later VACUUM of the shared session."""
+    from recsys.forget import RETENTION_CHECK, forget_user
+
+    cfg = make_config(tmp_path / "lh", "privacy.vacuum_after_forget=true")
+    spark.createDataFrame([("e1", "x")], "event_id string, user_id string").write.format("delta") \
+        .save(cfg.table_path("events"))
+    assert spark.conf.get(RETENTION_CHECK, None) is None
+    forget_user(spark, cfg, "victim")
+    assert spark.conf.get(RETENTION_CHECK, None) is None
+    with pytest.raises(Exception, match="retention"):  # the check is on again
+        spark.sql(f"VACUUM delta.`{cfg.table_path('events')}` RETAIN 0 HOURS")
+
+
+def test_a_forgotten_user_stays_forgotten_after_a_full_refresh(spark, tmp_path):
+    """The landing files still hold the user's events: a later full re-ingest drops and
+    counts them (never stores them, not even in quarantine), and the run still reconciles."""
+    from recsys.config import replace
+    from recsys.forget import forget_user
+
+    cfg = make_config(tmp_path / "lh")
+    land = cfg.lakehouse.landing_path
+    (land / "events").mkdir(parents=True)
+    (land / "catalog").mkdir()
+    (land / "users").mkdir()
+    (land / "catalog" / "c.jsonl").write_text(json.dumps({"item_id": "i1", "title": "t", "price": 1}) + "\n")
+    (land / "users" / "u.jsonl").write_text("".join(json.dumps({"user_id": u, "age": 30}) + "\n" for u in ("alice", "bob")))
+    ev = lambda eid, user, ts="2026-10-01T10:00:00Z": json.dumps(  # noqa: E731
+        {"event_id": eid, "ts": ts, "user_id": user, "event_type": "view", "item_id": "i1"}) + "\n"
+    (land / "events" / "e.jsonl").write_text(ev("e1", "alice") + ev("e2", "bob") + ev("e3", "alice", ts="bad"))
+    ingest(spark, cfg)
+    alice = pseudonymise("alice", resolve_key(cfg))
+    assert read_table(spark, cfg, "events").where(f"user_id = '{alice}'").count() == 1
+    forget_user(spark, cfg, "alice")
+    report = ingest(spark, replace(cfg, "ingest.full_refresh=true"), full=True)
+    for name in ("events", "users", "quarantine"):
+        col = "user_key" if name == "quarantine" else "user_id"
+        assert read_table(spark, cfg, name).where(f"{col} = '{alice}'").count() == 0, name
+    assert read_table(spark, cfg, "events").count() == 1  # bob's
+    assert report["events"]["forgotten"] == 2 and report["users"]["forgotten"] == 1
+    assert report["events"]["reconciles"] and report["users"]["reconciles"]
