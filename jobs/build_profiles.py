@@ -1,8 +1,8 @@
-"""spark-submit entry point for the 'build-profiles' stage.
+"""spark-submit entry point of the 'build-profiles' stage: user and item profiles and the training examples (incremental from the change feed).
 
-    spark-submit --packages io.delta:delta-spark_4.0_2.13:4.4.0 jobs/build_profiles.py --config conf/local.yaml [key=value ...]
+    spark-submit --packages io.delta:delta-spark_4.0_2.13:4.4.0 jobs/build_profiles.py --config conf/cluster.yaml [key=value ...]
 
-Only parses arguments and calls recsys; nothing runs at import.
+Only parses arguments and runs the stage from the registry (recsys.stages); nothing runs at import.
 """
 
 import sys

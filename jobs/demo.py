@@ -1,8 +1,8 @@
-"""spark-submit entry point for the 'demo' stage.
+"""spark-submit entry point of the 'demo' stage: the whole pipeline on generated data, then a summary.
 
-    spark-submit --packages io.delta:delta-spark_4.0_2.13:4.4.0 jobs/demo.py --config conf/local.yaml [key=value ...]
+    spark-submit --packages io.delta:delta-spark_4.0_2.13:4.4.0 jobs/demo.py --config conf/cluster.yaml [key=value ...]
 
-Only parses arguments and calls recsys; nothing runs at import.
+Only parses arguments and runs the stage from the registry (recsys.stages); nothing runs at import.
 """
 
 import sys

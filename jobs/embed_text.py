@@ -1,8 +1,8 @@
-"""spark-submit entry point for the 'embed-text' stage (item_text_embeddings).
+"""spark-submit entry point of the 'embed-text' stage: item text embeddings from the pretrained sentence encoder (new or changed items only).
 
-    spark-submit --packages io.delta:delta-spark_4.0_2.13:4.4.0 jobs/embed_text.py --config conf/local.yaml [key=value ...]
+    spark-submit --packages io.delta:delta-spark_4.0_2.13:4.4.0 jobs/embed_text.py --config conf/cluster.yaml [key=value ...]
 
-Only parses arguments and calls recsys; nothing runs at import.
+Only parses arguments and runs the stage from the registry (recsys.stages); nothing runs at import.
 """
 
 import sys

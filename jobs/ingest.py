@@ -1,8 +1,8 @@
-"""spark-submit entry point for the 'ingest' stage.
+"""spark-submit entry point of the 'ingest' stage: validate new landing files into bronze Delta tables; bad rows to quarantine with a reason.
 
-    spark-submit --packages io.delta:delta-spark_4.0_2.13:4.4.0 jobs/ingest.py --config conf/local.yaml [key=value ...]
+    spark-submit --packages io.delta:delta-spark_4.0_2.13:4.4.0 jobs/ingest.py --config conf/cluster.yaml [key=value ...]
 
-Only parses arguments and calls recsys; nothing runs at import.
+Only parses arguments and runs the stage from the registry (recsys.stages); nothing runs at import.
 """
 
 import sys

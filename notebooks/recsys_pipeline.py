@@ -6,8 +6,10 @@
 # MAGIC a transformer recommender trained with `TorchDistributor` and registered in MLflow →
 # MAGIC full-ranking evaluation → top-K recommendations written back to Delta.
 # MAGIC
-# MAGIC Parameters come from widgets on Databricks and from defaults (or the environment
-# MAGIC variables `RECSYS_CONFIG` and `RECSYS_OVERRIDES`) when run as a plain Python file.
+# MAGIC The stages are those of the registry (`recsys.stages`), run in its order: the same code
+# MAGIC as `recsys <stage>`, `jobs/<stage>.py` and `recsys demo`. Parameters come from widgets on
+# MAGIC Databricks and from defaults (or the environment variables `RECSYS_CONFIG`,
+# MAGIC `RECSYS_OVERRIDES`, `RECSYS_GENERATE`, `RECSYS_STAGES`) when run as a plain Python file.
 
 # COMMAND ----------
 
@@ -18,6 +20,7 @@ DEFAULTS = {
     "config": os.environ.get("RECSYS_CONFIG", "conf/local.yaml"),
     "overrides": os.environ.get("RECSYS_OVERRIDES", ""),
     "generate": os.environ.get("RECSYS_GENERATE", "true"),
+    "stages": os.environ.get("RECSYS_STAGES", ""),  # "" = every pipeline stage
 }
 
 
@@ -34,99 +37,41 @@ def widget(name: str) -> str:
 config_path = widget("config")
 overrides = [o for o in widget("overrides").split() if o]
 generate = widget("generate").lower() == "true"
+only = [s.strip() for s in widget("stages").split(",") if s.strip()]
 
 # COMMAND ----------
 
+from recsys import stages
 from recsys.config import load_config
 from recsys.spark import get_spark
 
-cfg = load_config(config_path, overrides)
+# Freshly generated files replace what was ingested before.
+cfg = load_config(config_path, overrides + (["ingest.full_refresh=true"] if generate else []))
 spark = get_spark(cfg)
-print(f"lakehouse: {cfg.lakehouse.root_path}  tracking: {cfg.tracking_uri}")
+todo = [s for s in stages.pipeline(cfg) if (generate or s.name != "generate") and (not only or s.name in only)]
+print(f"lakehouse: {cfg.lakehouse.root_uri}  tracking: {cfg.tracking_uri}")
+print("stages:", ", ".join(s.name for s in todo))
 
 # COMMAND ----------
 
 # MAGIC %md
-# MAGIC ## 1. Raw data
-# MAGIC Generated shop logs (skip with the widget `generate=false` when real files are in the landing folder).
+# MAGIC ## Run each stage (generate, ingest, build-profiles, embed-text, train, evaluate, recommend)
 
 # COMMAND ----------
 
-if generate:
-    from recsys.datagen import generate_shop
-
-    g = cfg.generator
-    print(generate_shop(cfg.lakehouse.landing_path, users=g.users, items=g.items, days=g.days, seed=g.seed,
-                        malformed_rate=g.malformed_rate))
-
-# COMMAND ----------
-
-# MAGIC %md
-# MAGIC ## 2. Ingest: validate into bronze Delta tables, quarantine bad rows
-
-# COMMAND ----------
-
-from recsys.ingest.pipeline import ingest
-
-ingest_report = ingest(spark, cfg, full=generate)  # freshly generated files replace what was there
-print(json.dumps({k: ingest_report[k] for k in ("events", "catalog")}, indent=2))
+reports = {}
+for stage in todo:
+    print(f"--- {stage.name}: {stage.help}")
+    reports[stage.name] = stages.run_stage(stage.name, cfg, spark)
+    reports[stage.name].pop("history", None)
+    print(json.dumps(reports[stage.name], indent=1, default=str)[:2000])
 
 # COMMAND ----------
 
 # MAGIC %md
-# MAGIC ## 3. Profiles and training examples (gold)
+# MAGIC ## What came out: the first recommendations
 
 # COMMAND ----------
 
-from recsys.features.profiles import build_profiles
-
-print(build_profiles(spark, cfg))
-
-# COMMAND ----------
-
-# MAGIC %md
-# MAGIC ## 3b. Item text embeddings (pretrained sentence encoder, pandas UDF; only new or changed items)
-
-# COMMAND ----------
-
-if cfg.features.text_embeddings:
-    from recsys.features.text import build_item_text_embeddings
-
-    print(build_item_text_embeddings(spark, cfg))
-
-# COMMAND ----------
-
-# MAGIC %md
-# MAGIC ## 4. Train with TorchDistributor, tracked and registered in MLflow
-
-# COMMAND ----------
-
-from recsys.training.launch import train
-
-train_report = train(spark, cfg)
-print({k: train_report[k] for k in ("run_id", "model_version", "epochs_run", "best_val_ndcg_at_10")})
-
-# COMMAND ----------
-
-# MAGIC %md
-# MAGIC ## 5. Evaluate: full-catalogue ranking on the held-out test items
-
-# COMMAND ----------
-
-from recsys.evaluation.evaluate import evaluate
-
-eval_report = evaluate(spark, cfg)
-print(json.dumps(eval_report["metrics"], indent=2))
-
-# COMMAND ----------
-
-# MAGIC %md
-# MAGIC ## 6. Recommend: top-K for every user, written to Delta
-
-# COMMAND ----------
-
-from recsys.scoring.batch import recommend
-
-rec_report = recommend(spark, cfg)
-print(rec_report)
-spark.read.format("delta").load(cfg.table_path("recommendations")).orderBy("user_id", "rank").show(10)
+if "recommend" in reports:
+    spark.read.format("delta").load(cfg.table_path("recommendations")).orderBy("user_id", "rank").show(10)

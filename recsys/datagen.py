@@ -921,3 +921,30 @@ def generate_shop(landing: str | Path, *, users: int = 2000, items: int = 600, d
     for etype in EVENT_TYPES:
         summary[f"events.{etype}"] = sum(1 for ev in events if ev[4] == etype)
     return summary
+
+
+def start_date(days: int, today: dt.date | None = None) -> dt.date:
+    """The first day of a generated history: fixed (2026-10-01, so the demo is reproducible)
+    unless ``days`` would then reach past today, when it moves back so that the history ends
+    before today (ingest rejects events stamped in the future)."""
+    today = today or dt.date.today()
+    return min(dt.date(2026, 10, 1), today - dt.timedelta(days=days))
+
+
+def generate(spark: Any, cfg: Any) -> dict[str, int]:
+    """The ``generate`` stage: :func:`generate_shop` with ``cfg.generator`` into the landing
+    folder (any Spark-reachable URI: written locally, then copied there). The one code path
+    of ``recsys generate``, the demo and the notebook."""
+    from recsys import storage
+
+    g = cfg.generator
+    landing = cfg.lakehouse.landing_uri
+    if storage.local_path(landing) is None and spark is None:
+        from recsys.spark import get_spark
+
+        spark = get_spark(cfg)
+    for sub in ("events", "catalog", "users"):  # replaced, as generate_shop does locally
+        storage.delete(storage.join(landing, sub), spark)
+    with storage.local_folder(landing, spark) as local:
+        return generate_shop(local, users=g.users, items=g.items, days=g.days, seed=g.seed,
+                             malformed_rate=g.malformed_rate, start=start_date(g.days))

@@ -1,4 +1,6 @@
-"""``recsys demo``: every stage in order on generated shop data, then a readable summary.
+"""``recsys demo``: every pipeline stage of the registry in order on generated shop data,
+then a readable summary of what came out, for the metrics, K values, baselines and top-K
+that were configured.
 
 The summary is printed and written to ``<lakehouse root>/_reports/demo.json``.
 """
@@ -13,7 +15,9 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from recsys.config import Config
+from recsys import stages
+from recsys.config import Config, replace
+from recsys.reports import write_named
 from recsys.tables import read_table, table_exists
 
 log = logging.getLogger(__name__)
@@ -22,53 +26,38 @@ TABLES = ("events", "catalog", "users", "quarantine", "user_profiles", "item_pro
           "item_text_embeddings", "recommendations")
 
 
-def demo(spark: SparkSession, cfg: Config, sample_users: int = 2) -> dict[str, Any]:
-    """Run generate → ingest → build-profiles → train → evaluate → recommend; return the summary."""
-    from recsys.datagen import generate_shop
-    from recsys.evaluation.evaluate import evaluate
-    from recsys.features.profiles import build_profiles
-    from recsys.ingest.pipeline import ingest
-    from recsys.scoring.batch import recommend
-    from recsys.training.launch import train
+def demo(cfg: Config, spark: SparkSession | None = None, sample_users: int = 2) -> dict[str, Any]:
+    """Run every pipeline stage of the registry in order on a freshly generated shop (ingest
+    as a full refresh); print and return the summary (also written to ``_reports/demo.json``)."""
+    from recsys.spark import get_spark
 
+    cfg = replace(cfg, "ingest.full_refresh=true")  # the generated files replace what was there
+    spark = spark or get_spark(cfg)
     timings: dict[str, float] = {}
-
-    def stage(name: str, fn, *args):
-        log.info("stage %s ...", name)
+    reports: dict[str, dict[str, Any]] = {}
+    for stage in stages.pipeline(cfg):
+        log.info("stage %s ...", stage.name)
         t = time.time()
-        out = fn(*args)
-        timings[name] = round(time.time() - t, 1)
-        log.info("stage %s done in %.1fs", name, timings[name])
-        return out
+        reports[stage.name] = stages.run_stage(stage.name, cfg, spark)
+        timings[stage.name] = round(time.time() - t, 1)
+        log.info("stage %s done in %.1fs", stage.name, timings[stage.name])
 
-    g = cfg.generator
-    gen = stage("generate", lambda: generate_shop(cfg.lakehouse.landing_path, users=g.users, items=g.items,
-                                                  days=g.days, seed=g.seed, malformed_rate=g.malformed_rate))
-    ing = stage("ingest", lambda: ingest(spark, cfg, full=True))
-    stage("build_profiles", build_profiles, spark, cfg)
-    if cfg.features.text_embeddings:
-        from recsys.features.text import build_item_text_embeddings
-
-        stage("embed_text", build_item_text_embeddings, spark, cfg)
-    tr = stage("train", train, spark, cfg)
-    ev = stage("evaluate", evaluate, spark, cfg)
-    rec = stage("recommend", recommend, spark, cfg)
-
-    summary = summarise(spark, cfg, ingest_report=ing, train_report=tr, eval_report=ev, rec_report=rec,
-                        sample_users=sample_users)
-    summary["generator"] = gen
+    summary = summarise(spark, cfg, reports, sample_users=sample_users)
+    summary["generator"] = reports.get("generate")
     summary["timings_seconds"] = timings
-    out = cfg.lakehouse.reports_path / "demo.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2, default=str))
+    uri = write_named(cfg, "demo.json", json.dumps(summary, indent=2, default=str))
     print(render(summary))
-    print(f"\nSummary written to {out}")
+    print(f"\nSummary written to {uri}")
     return summary
 
 
-def summarise(spark: SparkSession, cfg: Config, *, ingest_report: dict, train_report: dict, eval_report: dict,
-              rec_report: dict, sample_users: int = 2) -> dict[str, Any]:
-    tables = {name: {"rows": read_table(spark, cfg, name).count()} for name in TABLES if table_exists(cfg, name)}
+def summarise(spark: SparkSession, cfg: Config, reports: dict[str, dict[str, Any]],
+              sample_users: int = 2) -> dict[str, Any]:
+    """The demo's summary from the stages' ``reports`` (by stage name) and the tables."""
+    ingest_report, train_report = reports["ingest"], reports["train"]
+    eval_report, rec_report = reports["evaluate"], reports["recommend"]
+    tables = {name: {"rows": read_table(spark, cfg, name).count()} for name in TABLES
+              if table_exists(cfg, name, spark)}
     for source in ("events", "catalog", "users"):
         if source in ingest_report:
             tables[source]["quarantined"] = ingest_report[source]["quarantined"]
@@ -94,9 +83,13 @@ def summarise(spark: SparkSession, cfg: Config, *, ingest_report: dict, train_re
                                  "score": round(float(r["score"]), 4), "reason_item_id": r["reason_item_id"],
                                  "reason": f"because of {titles.get(r['reason_item_id'], ('?', ''))[0]}"} for r in top],
         })
-    model, pop = m["model"], m["popularity"]
+    baselines = [name for name in m if name != "model"]
+    first = baselines[0] if baselines else None
+    k = 10 if 10 in cfg.evaluation.ks else max(cfg.evaluation.ks)
+    key = f"ndcg_at_{k}"
+    lift = m["model"][key] / m[first][key] if first and "model" in m and m[first][key] else None
     return {
-        "lakehouse": str(cfg.lakehouse.root_path),
+        "lakehouse": cfg.lakehouse.root_uri,
         "tables": tables,
         "mlflow": {
             "tracking_uri": cfg.tracking_uri,
@@ -106,8 +99,10 @@ def summarise(spark: SparkSession, cfg: Config, *, ingest_report: dict, train_re
             "epochs_run": train_report.get("epochs_run"),
             "best_epoch": train_report.get("best_epoch"),
         },
-        "metrics": {"model": model, "popularity": pop,
-                    "ndcg_at_10_lift": (model["ndcg_at_10"] / pop["ndcg_at_10"]) if pop["ndcg_at_10"] else None},
+        "metrics": m,
+        "ks": list(cfg.evaluation.ks),
+        "lift": {"over": first, "metric": f"NDCG@{k}", "ratio": lift} if lift is not None else None,
+        "top_k": cfg.scoring.top_k,
         "sample_users": users,
     }
 
@@ -122,19 +117,19 @@ def render(s: dict[str, Any]) -> str:
     ml = s["mlflow"]
     lines += ["", f"MLflow run {ml['run_id']}  ->  model '{ml['model_name']}' version {ml['model_version']}"
                   f"  ({ml['epochs_run']} epochs, best {ml['best_epoch']})"]
-    m = s["metrics"]
-    lines += ["", "Test items, full-catalogue ranking, history masked:",
-              f"  {'':<12}{'HR@10':>8}{'NDCG@10':>9}{'HR@20':>8}{'NDCG@20':>9}{'MRR':>8}"]
-    for name in ("model", "popularity"):
-        x = m[name]
-        lines.append(f"  {name:<12}{x['hr_at_10']:>8.4f}{x['ndcg_at_10']:>9.4f}{x['hr_at_20']:>8.4f}{x['ndcg_at_20']:>9.4f}{x['mrr']:>8.4f}")
-    if m.get("ndcg_at_10_lift"):
-        lines.append(f"  NDCG@10 lift over most-popular: {m['ndcg_at_10_lift']:.2f}x")
+    m, ks = s["metrics"], s["ks"]
+    header = "".join(f"{f'HR@{k}':>9}{f'NDCG@{k}':>9}" for k in ks) + f"{'MRR':>8}"
+    lines += ["", "Test items, full-catalogue ranking, history masked:", f"  {'':<14}{header}"]
+    for name, x in m.items():
+        cells = "".join(f"{x[f'hr_at_{k}']:>9.4f}{x[f'ndcg_at_{k}']:>9.4f}" for k in ks)
+        lines.append(f"  {name:<14}{cells}{x['mrr']:>8.4f}")
+    if s.get("lift"):
+        lines.append(f"  {s['lift']['metric']} lift over {s['lift']['over']}: {s['lift']['ratio']:.2f}x")
     for u in s["sample_users"]:
         lines += ["", f"User {u['user_id']}: recent history"]
         for h in u["recent_history"]:
             lines.append(f"    {h['event_type']:<12} {h['item_id']}  {h['title']}")
-        lines.append("  top-10 recommendations")
+        lines.append(f"  top-{s['top_k']} recommendations")
         for r in u["recommendations"]:
             lines.append(f"  {r['rank']:>3}. {r['item_id']}  {r['title'][:40]:<40} {r['score']:>8.3f}  {r['reason']}")
     return "\n".join(lines)

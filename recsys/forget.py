@@ -68,16 +68,18 @@ USER_COLUMNS = {
 }
 
 
-def forget_user(spark: SparkSession, cfg: Config, raw_user_id: str) -> dict[str, Any]:
-    """Delete ``raw_user_id`` everywhere; returns rows deleted per table.
+def forget_user(spark: SparkSession, cfg: Config, raw_user_id: str | None = None) -> dict[str, Any]:
+    """Delete ``raw_user_id`` (default: ``privacy.user``) everywhere; returns rows deleted per table.
 
     Raises:
         UsageError: the id is empty.
     """
     from delta.tables import DeltaTable
 
+    raw_user_id = cfg.privacy.user if raw_user_id is None else raw_user_id
     if not raw_user_id or not raw_user_id.strip():
-        raise UsageError("forget-user needs a non-empty user id: recsys forget-user privacy.user=<id>")
+        raise UsageError("forget-user needs a non-empty user id: recsys forget-user --user <id> "
+                         "(or privacy.user=<id>)")
     raw_user_id = raw_user_id.strip()
     key = resolve_key(cfg)
     pid = pseudonymise(raw_user_id, key) if cfg.privacy.pseudonymise else raw_user_id

@@ -47,6 +47,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
 
+from recsys.errors import MissingInputError, UsageError
+
 # Same values as recsys.tables.EVENT_TYPES; repeated here so this module does not import Spark.
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "search")
 FORMATS: tuple[str, ...] = ("sequences", "diginetica", "csv")
@@ -78,9 +80,9 @@ _UTC = dt.timezone.utc
 def _check_src(src: str | Path) -> Path:
     path = Path(src)
     if not path.exists():
-        raise FileNotFoundError(f"dataset file {path} does not exist")
+        raise MissingInputError(f"dataset file {path} does not exist")
     if not path.is_file():
-        raise FileNotFoundError(f"dataset path {path} is not a file")
+        raise MissingInputError(f"dataset path {path} is not a file")
     return path
 
 
@@ -511,15 +513,15 @@ def import_csv(
     """
     unknown = sorted(set(mapping) - set(CSV_KEYS))
     if unknown:
-        raise ValueError(f"unknown mapping key(s) {unknown}: allowed keys are {list(CSV_KEYS)}")
+        raise UsageError(f"unknown mapping key(s) {unknown}: allowed keys are {list(CSV_KEYS)}")
     missing_keys = [k for k in CSV_REQUIRED_KEYS if k not in mapping]
     if missing_keys:
-        raise ValueError(
+        raise UsageError(
             f"mapping lacks required key(s) {missing_keys}: required {list(CSV_REQUIRED_KEYS)}, "
             f"optional {list(CSV_OPTIONAL_KEYS)}"
         )
     if default_event_type not in EVENT_TYPES:
-        raise ValueError(f"default_event_type {default_event_type!r} is not one of {list(EVENT_TYPES)}")
+        raise UsageError(f"default_event_type {default_event_type!r} is not one of {list(EVENT_TYPES)}")
     path = _check_src(src)
 
     with _open_text(path) as f:
@@ -527,7 +529,7 @@ def import_csv(
         header = [h.strip() for h in next(reader, [])]
         absent = {k: c for k, c in mapping.items() if c not in header}
         if absent:
-            raise ValueError(f"column(s) {absent} of the mapping are not in the header of {path}: {header}")
+            raise UsageError(f"column(s) {absent} of the mapping are not in the header of {path}: {header}")
         col = {k: header.index(c) for k, c in mapping.items()}
 
         users: set[str] = set()
@@ -632,6 +634,65 @@ def import_dataset(src: str | Path, landing: str | Path, fmt: str, **kwargs: Any
     """
     adapter = _ADAPTERS.get(fmt)
     if adapter is None:
-        raise ValueError(f"unknown dataset format {fmt!r}: allowed values are {list(FORMATS)}")
+        raise UsageError(f"unknown dataset format {fmt!r}: allowed values are {list(FORMATS)}")
     return adapter(src, landing, **kwargs)
 
+
+
+def parse_mapping(text: str) -> dict[str, str]:
+    """``"user_id=uid,item_id=sku,ts=time"`` → ``{"user_id": "uid", …}`` (a CSV column mapping).
+
+    Raises:
+        UsageError: a pair is not ``key=column`` or a key is not a contract column.
+    """
+    mapping: dict[str, str] = {}
+    for pair in (p.strip() for p in text.split(",")):
+        if not pair:
+            continue
+        key, sep, column = pair.partition("=")
+        if not sep or not key.strip() or not column.strip():
+            raise UsageError(f"--map: {pair!r} is not key=column (e.g. --map user_id=uid,item_id=sku,ts=time)")
+        mapping[key.strip()] = column.strip()
+    unknown = sorted(set(mapping) - set(CSV_KEYS))
+    if unknown:
+        raise UsageError(f"--map: unknown key(s) {unknown}; allowed keys: {', '.join(CSV_KEYS)}")
+    return mapping
+
+
+def import_from_config(spark: Any, cfg: Any, source: str | None = None, fmt: str | None = None,
+                       mapping: str | dict[str, str] | None = None) -> dict[str, int]:
+    """The ``import`` stage: convert ``source`` (format ``fmt``) into raw logs in the landing
+    folder (any Spark-reachable URI: written locally, then copied there). ``mapping`` (csv
+    only): contract key → column, as a dict or ``"key=column,…"``.
+
+    Raises:
+        UsageError: ``source``/``fmt`` missing, or csv without a mapping (naming the keys).
+        MissingInputError: ``source`` does not exist.
+    """
+    from recsys import storage
+
+    if not source or not fmt:
+        raise UsageError(f"import needs --source PATH and --format {{{','.join(FORMATS)}}}")
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown dataset format {fmt!r}: allowed values are {list(FORMATS)}")
+    kwargs: dict[str, Any] = {}
+    if fmt == "csv":
+        if not mapping:
+            raise UsageError(f"import --format csv needs --map naming the CSV column of each contract key: required "
+                             f"{', '.join(CSV_REQUIRED_KEYS)}; optional {', '.join(CSV_OPTIONAL_KEYS)} "
+                             f"(e.g. --map user_id=uid,item_id=sku,ts=time)")
+        mapping = parse_mapping(mapping) if isinstance(mapping, str) else dict(mapping)
+        missing = [k for k in CSV_REQUIRED_KEYS if k not in mapping]
+        if missing:
+            raise UsageError(f"--map lacks required key(s) {', '.join(missing)} (required: "
+                             f"{', '.join(CSV_REQUIRED_KEYS)})")
+        kwargs["mapping"] = mapping
+    elif mapping:
+        raise UsageError(f"--map applies to --format csv only, not {fmt}")
+    landing = cfg.lakehouse.landing_uri
+    if storage.local_path(landing) is None and spark is None:
+        from recsys.spark import get_spark
+
+        spark = get_spark(cfg)
+    with storage.local_folder(landing, spark) as local:
+        return import_dataset(source, local, fmt, **kwargs)

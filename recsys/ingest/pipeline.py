@@ -236,8 +236,9 @@ def new_files(spark: SparkSession, cfg: Config, source: str,
     return [f for f in found if (source, f.path, f.size, f.mtime_ns) not in done]
 
 
-def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str, Any]:
-    """Ingest the landing files not ingested before (all of them with ``full=True``).
+def ingest(spark: SparkSession, cfg: Config, *, full: bool | None = None) -> dict[str, Any]:
+    """Ingest the landing files not ingested before (all of them with ``full=True``; default:
+    ``ingest.full_refresh``).
 
     Returns the run report (also written to ``<root>/_reports/ingest-<timestamp>.json``).
 
@@ -245,6 +246,7 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str,
         MissingInputError: the landing folder or its ``events``/``catalog`` sub-folder is missing.
     """
     landing = check_landing(cfg, spark)
+    full = cfg.ingest.full_refresh if full is None else full
     timer = StepTimer()
     if full:
         reset_bronze(spark, cfg)

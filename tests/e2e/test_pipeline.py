@@ -33,7 +33,7 @@ def demo_run(spark, tmp_path_factory):
     """One demo run for the module, and a copy of its lakehouse taken before any test changes it."""
     base = tmp_path_factory.mktemp("demo")
     cfg = make_config(base / "lh", *TINY, "scoring.run_date=2026-11-01")
-    summary = demo(spark, cfg)
+    summary = demo(cfg, spark)
     shutil.copytree(cfg.lakehouse.root_path, base / "copy")
     return cfg, summary, base / "copy"
 
@@ -104,7 +104,7 @@ def test_demo_end_to_end(spark, demo_run):
     for name, col in USER_COLUMNS.items():
         assert read_table(spark, cfg, name).where(F.col(col) == pid).count() == 0, name
     assert read_table(spark, cfg, "quarantine").where(F.col("raw").contains(f'"{victim}"')).count() == 0
-    audit = spark.read.format("delta").load(str(cfg.lakehouse.root_path / "audit" / "forget_audit")).collect()
+    audit = spark.read.format("delta").load(cfg.table_path("forget_audit")).collect()
     assert [a["user_key"] for a in audit] == [pid]
     assert victim not in json.dumps([a.asDict() for a in audit], default=str)
 

@@ -109,3 +109,38 @@ def test_jvm_options_reach_the_driver_and_executors_and_can_be_turned_off():
     assert "spark.driver.extraJavaOptions" not in off and "spark.executor.extraJavaOptions" not in off
     mine = load_config(CONF / "local.yaml", ["spark.jvm_options=-Xss4m"]).spark
     assert spark_conf(mine)["spark.driver.extraJavaOptions"] == "-Xss4m"
+
+
+@pytest.mark.parametrize("root, events", [
+    ("s3a://shop/lake", "s3a://shop/lake/bronze/events"),
+    ("s3a://shop/lake/", "s3a://shop/lake/bronze/events"),
+    ("abfss://c@acct.dfs.core.windows.net/lake", "abfss://c@acct.dfs.core.windows.net/lake/bronze/events"),
+    ("gs://b/lake", "gs://b/lake/bronze/events"),
+    ("hdfs://nn:8020/lake", "hdfs://nn:8020/lake/bronze/events"),
+    ("dbfs:/recsys/lakehouse", "dbfs:/recsys/lakehouse/bronze/events"),
+    ("file:///tmp/lake", "file:///tmp/lake/bronze/events"),
+])
+def test_storage_roots_stay_uris(root, events):
+    """A root is never resolved against the working directory (s3a:// must not become
+    <cwd>/s3a:/…): every table, the landing folder and the reports live under the URI."""
+    cfg = load_config(CONF / "local.yaml", [f"lakehouse.root={root}", "tracking.tracking_uri=http://mlflow:5000"])
+    assert cfg.table_path("events") == events
+    assert cfg.lakehouse.landing_uri == events.replace("bronze/events", "landing")
+    assert cfg.lakehouse.reports_uri == events.replace("bronze/events", "_reports")
+    assert cfg.artifact_location == events.replace("bronze/events", "_mlflow/artifacts")
+
+
+def test_a_remote_root_has_no_local_path_and_needs_a_tracking_server():
+    cfg = load_config(CONF / "local.yaml", ["lakehouse.root=s3a://shop/lake"])
+    with pytest.raises(ConfigError, match="is not a local folder"):
+        cfg.lakehouse.root_path
+    with pytest.raises(ConfigError, match="tracking.tracking_uri"):
+        cfg.tracking_uri
+    local = load_config(CONF / "local.yaml", ["lakehouse.root=file:///tmp/lake"])
+    assert local.lakehouse.root_path == Path("/tmp/lake")
+    assert local.tracking_uri == "sqlite:////tmp/lake/_mlflow/mlflow.db"
+
+
+def test_the_databricks_overlay_uses_a_location_spark_reads_as_dbfs():
+    cfg = load_config(CONF / "databricks.yaml")
+    assert cfg.table_path("events") == "dbfs:/recsys/lakehouse/bronze/events"

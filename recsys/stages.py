@@ -1,0 +1,125 @@
+"""The stage registry: every pipeline stage once, with what it reads, writes and does.
+
+The ``recsys`` command (one sub-command and ``--help`` per stage), ``recsys demo``, the
+notebook, ``jobs/*.py`` and the tests all iterate :data:`STAGES`; a new capability is one
+module with a ``(spark, cfg, **options) -> dict`` function plus one line here.
+
+Functions are named as ``"module:function"`` and imported only when their stage runs, so
+the command starts fast and a stage's heavy dependencies (torch, sentence-transformers) are
+loaded only by the stages that use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from recsys.config import Config
+from recsys.errors import UsageError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+BRONZE = ("events", "catalog", "users", "quarantine")
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line option of one stage, passed to its function as a keyword argument."""
+
+    flag: str  # "--source"
+    dest: str  # the keyword argument
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the sub-command, e.g. "build-profiles"
+    target: str  # "module:function", called as function(spark, cfg, **options)
+    help: str
+    reads: tuple[str, ...] = ()  # TablesConfig names, or "landing" for the raw files
+    writes: tuple[str, ...] = ()
+    options: tuple[Option, ...] = ()
+    needs_spark: bool = True  # False: the function gets spark=None (it starts one only if it must)
+    pipeline: bool = True  # part of the end-to-end pipeline (demo, notebook, bundle), in registry order
+    enabled: Callable[[Config], bool] = field(default=lambda cfg: True, compare=False)
+
+    @property
+    def job(self) -> str:
+        """The spark-submit entry point of this stage: ``jobs/<name with _>.py``."""
+        return f"jobs/{self.name.replace('-', '_')}.py"
+
+    def function(self) -> Callable[..., dict[str, Any]]:
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def locations(self, cfg: Config) -> dict[str, dict[str, str]]:
+        """Where each table this stage reads and writes lives under ``cfg``."""
+        where = lambda n: cfg.lakehouse.landing_uri if n == "landing" else cfg.table_path(n)  # noqa: E731
+        return {"reads": {n: where(n) for n in self.reads}, "writes": {n: where(n) for n in self.writes}}
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("generate", "recsys.datagen:generate", "write a generated shop's raw logs into the landing folder",
+          writes=("landing",), needs_spark=False),
+    Stage("import", "recsys.ingest.adapters:import_from_config",
+          "convert a public dataset or a CSV export into raw logs in the landing folder",
+          writes=("landing",), needs_spark=False, pipeline=False,
+          options=(Option("--source", "source", "the dataset file to convert"),
+                   Option("--format", "fmt", "its format", ("sequences", "diginetica", "csv")),
+                   Option("--map", "mapping", "csv: contract key=column pairs, e.g. "
+                          "user_id=uid,item_id=sku,ts=time[,event_type=action,...]"))),
+    Stage("ingest", "recsys.ingest.pipeline:ingest",
+          "validate new landing files into bronze Delta tables; bad rows to quarantine with a reason",
+          reads=("landing",), writes=BRONZE),
+    Stage("build-profiles", "recsys.features.profiles:build_profiles",
+          "user and item profiles and the training examples (incremental from the change feed)",
+          reads=("events", "catalog", "users"),
+          writes=("user_profiles", "item_profiles", "item_daily_counts", "training_examples")),
+    Stage("embed-text", "recsys.features.text:build_item_text_embeddings",
+          "item text embeddings from the pretrained sentence encoder (new or changed items only)",
+          reads=("catalog",), writes=("item_text_embeddings",), enabled=lambda cfg: cfg.features.text_embeddings),
+    Stage("train", "recsys.training.launch:train",
+          "train the sequential recommender with TorchDistributor; log and register it in MLflow",
+          reads=("training_examples", "item_profiles", "item_text_embeddings")),
+    Stage("evaluate", "recsys.evaluation.evaluate:evaluate",
+          "full-catalogue ranking metrics of the model and the baselines on the held-out items",
+          reads=("training_examples", "item_profiles")),
+    Stage("recommend", "recsys.scoring.batch:recommend", "top-K recommendations with a reason for every user",
+          reads=("user_profiles", "item_profiles"), writes=("recommendations",)),
+    Stage("forget-user", "recsys.forget:forget_user", "erase one user from every table (GDPR article 17)",
+          reads=("forget_audit",), writes=BRONZE + ("user_profiles", "training_examples", "recommendations",
+                                                      "forget_audit"),
+          pipeline=False, options=(Option("--user", "raw_user_id", "the raw user id (default: privacy.user)"),)),
+)
+
+BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+
+
+def get(name: str) -> Stage:
+    """The stage called ``name``.
+
+    Raises:
+        UsageError: no such stage, naming the ones there are.
+    """
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise UsageError(f"unknown stage {name!r}; stages: {', '.join(BY_NAME)}") from None
+
+
+def pipeline(cfg: Config) -> list[Stage]:
+    """The end-to-end pipeline's stages under ``cfg``, in order."""
+    return [s for s in STAGES if s.pipeline and s.enabled(cfg)]
+
+
+def run_stage(name: str, cfg: Config, spark: SparkSession | None = None, **options: Any) -> dict[str, Any]:
+    """Run one stage with ``cfg`` (starting Spark when the stage needs it); return its report."""
+    stage = get(name)
+    if spark is None and stage.needs_spark:
+        from recsys.spark import get_spark
+
+        spark = get_spark(cfg)
+    return stage.function()(spark, cfg, **{k: v for k, v in options.items() if v is not None})
