@@ -22,8 +22,7 @@ DEV_KEY = b"recsys-local-development-key-not-secret"
 _BLOCK = 64  # SHA-256 block size in bytes
 
 
-class PrivacyError(ValueError):
-    """The pseudonymisation key is missing or not allowed in this environment."""
+from recsys.errors import PrivacyError  # noqa: F401,E402  (re-exported)
 
 
 def resolve_key(cfg: Config) -> bytes:

@@ -7,6 +7,7 @@ import os
 from pyspark.sql import SparkSession
 
 from recsys.config import Config, SparkConfig
+from recsys.errors import SetupError
 
 
 def delta_package() -> str:
@@ -20,7 +21,7 @@ def delta_package() -> str:
     try:
         delta_version = version("delta-spark")
     except PackageNotFoundError as e:
-        raise RuntimeError("delta-spark is not installed: run `make setup` (or `pip install delta-spark==4.4.0`)") from e
+        raise SetupError("delta-spark is not installed: run `make setup` (or `pip install delta-spark==4.4.0`)") from e
     import pyspark
 
     spark_mm = ".".join(pyspark.__version__.split(".")[:2])
@@ -62,7 +63,7 @@ def get_spark(cfg: Config | None = None) -> SparkSession:
     """Return the active SparkSession, or build one with Delta Lake from ``cfg.spark``.
 
     Raises:
-        RuntimeError: Java is missing or the Delta jars cannot be resolved, with how to fix it.
+        SetupError: Java is missing or the Delta jars cannot be resolved, with how to fix it.
     """
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -81,7 +82,7 @@ def get_spark(cfg: Config | None = None) -> SparkSession:
     try:
         spark = builder.getOrCreate()
     except Exception as e:  # the JVM did not start: say how to fix it
-        raise RuntimeError(
+        raise SetupError(
             "could not start Spark with Delta Lake. Check that Java 17 is installed (`java -version`) "
             "and that the Delta jars were resolved once with `make setup` (they come from Maven Central "
             f"through spark.jars.packages). Cause: {e}"

@@ -90,8 +90,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("recommend", "recsys.scoring.batch:recommend", "top-K recommendations with a reason for every user",
           reads=("user_profiles", "item_profiles"), writes=("recommendations",)),
     Stage("forget-user", "recsys.forget:forget_user", "erase one user from every table (GDPR article 17)",
-          reads=("forget_audit",), writes=BRONZE + ("user_profiles", "training_examples", "recommendations",
-                                                      "forget_audit"),
+          reads=("forget_audit",), writes=("events", "users", "quarantine", "user_profiles", "training_examples",
+                                           "recommendations", "forget_audit"),
           pipeline=False, options=(Option("--user", "raw_user_id", "the raw user id (default: privacy.user)"),)),
 )
 

