@@ -50,6 +50,44 @@ RAW_USER_SCHEMA = T.StructType(
     ]
 )
 
+# --- bronze tables: DDL, constraints and properties (created by ingest) ---------------------
+
+# The most units one event may carry (also a validation rule of ingest).
+MAX_QUANTITY = 1000
+
+EVENTS_DDL = (
+    "event_id STRING NOT NULL, ts TIMESTAMP NOT NULL, event_date DATE NOT NULL, user_id STRING NOT NULL, "
+    "session_id STRING, event_type STRING NOT NULL, item_id STRING, query STRING, price DOUBLE, quantity INT, "
+    "source_file STRING, ingested_at TIMESTAMP"
+)
+CATALOG_DDL = (
+    "item_id STRING NOT NULL, title STRING, description STRING, category STRING, brand STRING, price DOUBLE, "
+    "in_stock BOOLEAN, ingested_at TIMESTAMP"
+)
+USERS_DDL = "user_id STRING NOT NULL, age INT, gender STRING, location STRING, ingested_at TIMESTAMP"
+QUARANTINE_DDL = (
+    "source STRING NOT NULL, source_file STRING, rule STRING NOT NULL, raw STRING, user_key STRING, "
+    "row_key STRING NOT NULL, run_id STRING, ingested_at TIMESTAMP"
+)
+MANIFEST_DDL = "path STRING, size BIGINT, mtime_ns BIGINT, source STRING, run_id STRING, ingested_at TIMESTAMP"
+
+# Absolute rules become table constraints: no writer, not even a buggy one, can break them.
+EVENT_CONSTRAINTS = {
+    "valid_event_type": "event_type IN ({})".format(", ".join(f"'{t}'" for t in EVENT_TYPES)),
+    "non_negative_price": "price IS NULL OR price >= 0",
+    "sane_quantity": f"quantity IS NULL OR (quantity >= 1 AND quantity <= {MAX_QUANTITY})",
+    "item_event_has_item": "event_type = 'search' OR item_id IS NOT NULL",
+}
+CATALOG_CONSTRAINTS = {"non_negative_price": "price IS NULL OR price >= 0"}
+
+
+# Optimized writes (Delta's own shuffle before a write, binned by partition): an append
+# writes one file per event date instead of one per date and task. The full ingest of 5M
+# events left 396 files in 101 date folders without it; every later scan of the table (the
+# duplicate check of each incremental ingest, the profiles' daily counts) opens them all.
+EVENTS_PROPERTIES = {"delta.autoOptimize.optimizeWrite": "true"}
+
+
 def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
     """Read the Delta table ``name`` (a TablesConfig field).
 
@@ -69,7 +107,7 @@ def require_table(cfg: Config, name: str, spark: SparkSession | None = None) -> 
     if not storage.is_delta_table(path, spark):
         raise MissingTableError(
             f"Delta table '{name}' not found at {path}: run the job that writes it first "
-            f"({WRITTEN_BY.get(name, 'recsys demo')})"
+            f"({written_by(name)})"
         )
     return path
 
@@ -121,15 +159,8 @@ def table_exists(cfg: Config, name: str, spark: SparkSession | None = None) -> b
     return storage.is_delta_table(cfg.table_path(name), spark)
 
 
-WRITTEN_BY = {
-    "events": "recsys ingest",
-    "catalog": "recsys ingest",
-    "users": "recsys ingest",
-    "quarantine": "recsys ingest",
-    "user_profiles": "recsys build-profiles",
-    "item_profiles": "recsys build-profiles",
-    "item_daily_counts": "recsys build-profiles",
-    "training_examples": "recsys build-profiles",
-    "item_text_embeddings": "recsys embed-text",
-    "recommendations": "recsys recommend",
-}
+def written_by(name: str) -> str:
+    """The command that writes the table ``name``, from the stage registry."""
+    from recsys.stages import STAGES
+
+    return next((f"recsys {s.name}" for s in STAGES if name in s.writes and s.pipeline), "recsys demo")

@@ -33,7 +33,9 @@ from recsys.errors import MissingInputError
 from recsys.ingest import files as landing_files
 from recsys.ingest import rules
 from recsys.privacy import pseudonymise_col, resolve_key
-from recsys.tables import EVENT_TYPES, RAW_CATALOG_SCHEMA, RAW_EVENT_SCHEMA, RAW_USER_SCHEMA, read_pinned
+from recsys.tables import (CATALOG_CONSTRAINTS, CATALOG_DDL, EVENT_CONSTRAINTS, EVENTS_DDL, EVENTS_PROPERTIES,
+                           MANIFEST_DDL, QUARANTINE_DDL, RAW_CATALOG_SCHEMA, RAW_EVENT_SCHEMA, RAW_USER_SCHEMA, USERS_DDL,
+                           read_pinned)
 from recsys.reports import StepTimer, write_report
 
 SOURCES = ("catalog", "users", "events")
@@ -45,31 +47,6 @@ KEY = {"catalog": "item_id", "users": "user_id", "events": "event_id"}
 # Up to this many new event ids are broadcast to find which are already stored (a few tens of
 # MB); above it the stored ids and the new ones are joined by a shuffle.
 BROADCAST_IDS = 1_000_000
-
-EVENTS_DDL = (
-    "event_id STRING NOT NULL, ts TIMESTAMP NOT NULL, event_date DATE NOT NULL, user_id STRING NOT NULL, "
-    "session_id STRING, event_type STRING NOT NULL, item_id STRING, query STRING, price DOUBLE, quantity INT, "
-    "source_file STRING, ingested_at TIMESTAMP"
-)
-CATALOG_DDL = (
-    "item_id STRING NOT NULL, title STRING, description STRING, category STRING, brand STRING, price DOUBLE, "
-    "in_stock BOOLEAN, ingested_at TIMESTAMP"
-)
-USERS_DDL = "user_id STRING NOT NULL, age INT, gender STRING, location STRING, ingested_at TIMESTAMP"
-QUARANTINE_DDL = (
-    "source STRING NOT NULL, source_file STRING, rule STRING NOT NULL, raw STRING, user_key STRING, "
-    "row_key STRING NOT NULL, run_id STRING, ingested_at TIMESTAMP"
-)
-MANIFEST_DDL = "path STRING, size BIGINT, mtime_ns BIGINT, source STRING, run_id STRING, ingested_at TIMESTAMP"
-
-# Absolute rules become table constraints: no writer, not even a buggy one, can break them.
-EVENT_CONSTRAINTS = {
-    "valid_event_type": "event_type IN ({})".format(", ".join(f"'{t}'" for t in EVENT_TYPES)),
-    "non_negative_price": "price IS NULL OR price >= 0",
-    "sane_quantity": f"quantity IS NULL OR (quantity >= 1 AND quantity <= {rules.MAX_QUANTITY})",
-    "item_event_has_item": "event_type = 'search' OR item_id IS NOT NULL",
-}
-
 
 def check_landing(cfg: Config, spark: SparkSession | None = None) -> str:
     """The landing folder's URI, after checking it has ``events/`` and ``catalog/``. Without
@@ -121,13 +98,6 @@ def _ensure_table(spark: SparkSession, path: str, ddl: str, *, partition_by: str
     )
 
 
-# Optimized writes (Delta's own shuffle before a write, binned by partition): an append
-# writes one file per event date instead of one per date and task. The full ingest of 5M
-# events left 396 files in 101 date folders without it; every later scan of the table (the
-# duplicate check of each incremental ingest, the profiles' daily counts) opens them all.
-EVENTS_PROPERTIES = {"delta.autoOptimize.optimizeWrite": "true"}
-
-
 def ensure_bronze(spark: SparkSession, cfg: Config) -> None:
     """Create the bronze tables and the manifest where absent (in parallel: each is one commit
     that mostly waits on the driver, and five of them in a row took ~10 s on a fresh lakehouse)."""
@@ -137,8 +107,7 @@ def ensure_bronze(spark: SparkSession, cfg: Config) -> None:
         (cfg.table_path("events"), EVENTS_DDL, {"partition_by": "event_date", "cdf": True,
                                                 "constraints": EVENT_CONSTRAINTS,
                                                 "properties": EVENTS_PROPERTIES}),
-        (cfg.table_path("catalog"), CATALOG_DDL, {"cdf": True,
-                                                  "constraints": {"non_negative_price": "price IS NULL OR price >= 0"}}),
+        (cfg.table_path("catalog"), CATALOG_DDL, {"cdf": True, "constraints": CATALOG_CONSTRAINTS}),
         (cfg.table_path("users"), USERS_DDL, {"cdf": True}),
         (cfg.table_path("quarantine"), QUARANTINE_DDL, {}),
         (manifest_path(cfg), MANIFEST_DDL, {}),

@@ -10,9 +10,7 @@ from __future__ import annotations
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from recsys.tables import EVENT_TYPES
-
-MAX_QUANTITY = 1000
+from recsys.tables import EVENT_TYPES, MAX_QUANTITY
 # Events stamped later than this many hours after the ingest time are rejected as clock errors.
 FUTURE_TOLERANCE_HOURS = 24
 
