@@ -53,9 +53,9 @@ MINIMAL_RUN = {"append": 3, "state": 3, "change_feed": 1, "merge": 3, "overwrite
 def measure(master: str, root: Path, repeats: int, warmup: int, target_rows: int) -> dict[str, Any]:
     """Time each operation in a Spark session on ``master`` (this process: one master only)."""
     sys.path.insert(0, str(REPO))
-    from recsys.cli import _quiet
+    from recsys.cli import configure_logging
 
-    _quiet()
+    configure_logging()
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 

@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import inspect
 import json
 import os
 import platform
@@ -300,16 +299,15 @@ def jvm_cpu_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
 
 
 def child_measure(spec: dict[str, Any]) -> dict[str, Any]:
-    from recsys.cli import _quiet
+    from recsys.cli import configure_logging
 
-    _quiet()
+    configure_logging()
     from recsys.config import load_config
     from recsys.features.profiles import build_profiles
     from recsys.ingest.pipeline import ingest
     from recsys.spark import get_spark
 
     cfg = load_config(spec["config"], spec["overrides"])
-    has_full = "full" in inspect.signature(build_profiles).parameters
     stages: dict[str, dict[str, float]] = {}
     reports: dict[str, Any] = {}
 
@@ -332,10 +330,7 @@ def child_measure(spec: dict[str, Any]) -> dict[str, Any]:
     sc = spark.sparkContext
     jvm_pid.append(int(sc._jvm.java.lang.ProcessHandle.current().pid()))
     reports["ingest_full"] = stage("ingest_full", ingest, spark, cfg, full=True)
-    if has_full:
-        reports["profiles_full"] = stage("profiles_full", build_profiles, spark, cfg, full=True)
-    else:
-        reports["profiles_full"] = stage("profiles_full", build_profiles, spark, cfg)
+    reports["profiles_full"] = stage("profiles_full", build_profiles, spark, cfg, full=True)
 
     # The held-back day arrives (not timed: that is the shop's job, not ours). With a floor run,
     # its first lines arrive first, on their own, and the rest after that run.
@@ -367,7 +362,7 @@ def child_measure(spec: dict[str, Any]) -> dict[str, Any]:
     t = time.perf_counter()
     spark.stop()
     info["spark_stop_seconds"] = round(time.perf_counter() - t, 2)
-    return {"stages": stages, "reports": reports, "spark": info, "build_profiles_has_full": has_full,
+    return {"stages": stages, "reports": reports, "spark": info,
             "config": cfg.to_flat_dict()}
 
 
@@ -571,7 +566,6 @@ def measure(args: argparse.Namespace, data: dict[str, Any], master: str, root: P
     run.update({
         "spark_start_seconds": secs("spark_start"),
         "spark": res["spark"],
-        "build_profiles_has_full": res["build_profiles_has_full"],
         "full": {
             "event_lines": full_lines,
             "events_accepted": full_accepted,
@@ -900,9 +894,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         if not ev_inc.get("accepted"):
             notes.append(f"{r['events_target']:,} events on {r['master']}: the incremental ingest accepted no events "
                          f"({ev_inc.get('quarantined_by_rule')}): its figures do not measure an update")
-    if any(not r.get("build_profiles_has_full", True) for r in runs if "error" not in r):
-        notes.append("build_profiles has no `full` keyword in this checkout: the incremental run rebuilds the profiles "
-                     "from all of bronze")
     notes.append("the incremental run reuses the full build's Spark session (warm JVM); Spark start-up is "
                  "measured separately and excluded")
 

@@ -27,7 +27,8 @@ from recsys.errors import RecsysError
 COMMANDS = ("demo", "stages")
 
 
-def _quiet(level: int = logging.INFO) -> None:
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log lines with times; the stack's chatty loggers and warnings quiet."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None, stage: str | None = None) -> int:
     if command == "stages":
         print(list_stages())
         return 0
-    _quiet(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    configure_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     try:
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
