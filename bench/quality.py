@@ -303,8 +303,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "baselines_requested": list(WANTED_BASELINES),
         "config": cfg.to_flat_dict(),
         "lakehouse_root": str(root),
-        "protocol": "leave-one-out: last item test, second-to-last validation; full catalogue ranked; "
-                    "history items masked; ties counted against the target",
+        "protocol": f"leave-one-out: last item test, second-to-last validation; full catalogue ranked; "
+                    f"evaluation.protocol={cfg.evaluation.protocol.value} (history_masked: every history item "
+                    f"masked, a repeated target a miss); ties counted against the target",
         "data": {
             "users": imported.get("users"),
             "items": imported.get("items"),

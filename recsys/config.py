@@ -176,8 +176,13 @@ class FeaturesConfig:
             raise ConfigError("features.price_buckets must be >= 1")
 
 
+class ModelFamily(str, enum.Enum):
+    SASREC = "sasrec"  # causal transformer with side features (recsys.models.sasrec)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
+    family: ModelFamily = ModelFamily.SASREC  # which network recsys.models.build_model builds
     hidden: int = 128
     blocks: int = 2
     heads: int = 1
@@ -291,8 +296,17 @@ class Baseline(str, enum.Enum):
     ALS = "als"
 
 
+class EvaluationProtocol(str, enum.Enum):
+    # Every history item is excluded from the ranking; a test item the user already had is a
+    # miss. The mask depends on the history only. The protocol published results use, and
+    # the one early stopping selects on whatever this key says.
+    HISTORY_MASKED = "history_masked"
+    UNMASKED = "unmasked"  # nothing excluded: repeats compete with the rest (reported apart)
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
+    protocol: EvaluationProtocol = EvaluationProtocol.HISTORY_MASKED
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     batch_size: int = 512
     baselines: list[Baseline] = field(default_factory=lambda: [Baseline.POPULARITY])

@@ -1,10 +1,12 @@
 """Full-ranking evaluation of the registered model and the baselines on the test split.
 
 For each test row (a user's last step as target, everything before as input) every item of
-the catalogue is scored, the items already in the user's history are masked, and the
-target's rank gives HR@K, NDCG@K and MRR (see :mod:`recsys.evaluation.metrics`). The model
-and every baseline (:mod:`recsys.evaluation.baselines`) go through the same ranking code in
-the same pass, so their figures compare like with like. The validation split works alike.
+the catalogue is scored and the target's rank gives HR@K, NDCG@K and MRR (see
+:mod:`recsys.metrics`). Under the headline protocol (``evaluation.protocol:
+history_masked``) the items of the user's history are masked, whatever the target, and a
+target the user already had is a miss; ``unmasked`` masks nothing and is reported apart. The
+model and every baseline (:mod:`recsys.evaluation.baselines`) go through the same ranking
+code in the same pass, so their figures compare like with like. The validation split works alike.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys.config import Config
+from recsys.config import Config, EvaluationProtocol
+from recsys.errors import DataError
 from recsys.evaluation.baselines import Scorer, fit_baselines, popularity_counts  # noqa: F401 (re-exported)
+from recsys.models.loading import load_model_cached, pad_left
 from recsys.reports import write_report
-from recsys.scoring.batch import load_model_cached, pad_left
 from recsys.tables import read_table
 from recsys.tracking import resolve_model_uri
 
@@ -59,31 +62,34 @@ class ModelScorer(Scorer):
         return h @ self._vectors.T
 
 
-def rank_partition(scorers: Sequence[Scorer], num_columns: int, batch_size: int):
+def rank_partition(scorers: Sequence[Scorer], num_columns: int, batch_size: int,
+                   protocol: EvaluationProtocol = EvaluationProtocol.HISTORY_MASKED):
     """mapInPandas: evaluation rows → (user_id, scorer, rank) for every scorer.
 
     One protocol for all: each scorer rates the full catalogue (``num_columns`` = N+1 with
-    column 0 as padding), the row's ``history_items`` are masked, and the target's rank counts
-    ties against it (:func:`recsys.evaluation.metrics.target_ranks`).
+    column 0 as padding), the row's ``history_items`` are masked under ``history_masked``
+    (nothing under ``unmasked``), and the target's rank counts ties against it
+    (:func:`recsys.metrics.target_ranks`).
     """
+    masked = EvaluationProtocol(protocol) is EvaluationProtocol.HISTORY_MASKED
 
     def fn(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
 
-        from recsys.evaluation.metrics import history_mask, target_ranks
+        from recsys.metrics import history_mask, target_ranks
 
         with torch.no_grad():
             for pdf in frames:
                 for start in range(0, len(pdf), batch_size):
                     part = pdf.iloc[start:start + batch_size]
                     targets = torch.as_tensor(part["target"].to_numpy(), dtype=torch.long)
-                    mask = history_mask(part["history_items"].tolist(), num_columns)
+                    mask = history_mask(part["history_items"].tolist(), num_columns) if masked else None
                     users = part["user_id"].to_numpy()
                     for scorer in scorers:
                         scores = torch.as_tensor(scorer.scores(part))
-                        if scores.shape != mask.shape:
+                        if scores.shape != (len(part), num_columns):
                             raise ValueError(f"scorer {scorer.name} returned {tuple(scores.shape)} scores, "
-                                             f"expected {tuple(mask.shape)}: is item_profiles out of date?")
+                                             f"expected {(len(part), num_columns)}: is item_profiles out of date?")
                         ranks = target_ranks(scores, targets, mask)
                         yield pd.DataFrame({"user_id": users, "scorer": scorer.name,
                                             "rank": ranks.numpy().astype(np.int64)})
@@ -94,32 +100,39 @@ def rank_partition(scorers: Sequence[Scorer], num_columns: int, batch_size: int)
 def evaluate(spark: SparkSession, cfg: Config, *, split: str = "test", with_model: bool = True) -> dict[str, Any]:
     """HR@K / NDCG@K / MRR of the registered model and of ``cfg.evaluation.baselines`` on ``split``.
 
-    All scorers rank the full catalogue of the same rows with the same mask, in one pass. The
-    baselines are fitted on training steps only (:mod:`recsys.evaluation.baselines`).
+    All scorers rank the full catalogue of the same rows with the same mask, in one pass,
+    under ``evaluation.protocol`` (:mod:`recsys.metrics`). The baselines are
+    fitted on training steps only (:mod:`recsys.evaluation.baselines`).
     ``report["metrics"]`` maps each scorer ("model", "popularity", "cooccurrence", "als") to
-    its :func:`~recsys.evaluation.metrics.metrics_from_ranks` figures. They are logged to the
-    MLflow run that trained the model, or without a model (``with_model=False``) to a new run
-    of their own, and written as a report.
+    its :func:`~recsys.metrics.metrics_from_ranks` figures, ``report["protocol"]``
+    names the protocol. They are logged to the MLflow run that trained the model, or without
+    a model (``with_model=False``) to a new run of their own, and written as a report
+    (``evaluate-*.json``). The headline protocol's metrics are ``<split>_<scorer>_<metric>``,
+    the unmasked protocol's ``<split>_unmasked_<scorer>_<metric>`` and its reports
+    ``evaluate_unmasked-*.json``, so the two are never mixed.
 
     Raises:
-        ValueError: ``split`` is not validation/test, there is nothing to evaluate, or the
-            split has no rows.
-        LookupError: ``with_model`` and no model is registered.
+        ValueError: ``split`` is not validation/test, or there is nothing to evaluate.
+        DataError: ``item_profiles`` is empty or the split has no rows.
+        NoModelError: ``with_model`` and no model is registered.
     """
     import mlflow
 
-    from recsys.evaluation.metrics import metrics_from_ranks
+    from recsys.metrics import metrics_from_ranks
     from recsys.tracking import setup_from_config
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    protocol = cfg.evaluation.protocol
+    headline = protocol is EvaluationProtocol.HISTORY_MASKED
+    prefix = f"{split}_" if headline else f"{split}_{protocol.value}_"
     baselines = list(dict.fromkeys(b.value for b in cfg.evaluation.baselines))
     if not with_model and not baselines:
         raise ValueError("nothing to evaluate: with_model=False and evaluation.baselines is empty")
     examples = read_table(spark, cfg, "training_examples")
     num_items = read_table(spark, cfg, "item_profiles").agg(F.max("item_idx")).first()[0]
     if not num_items:
-        raise ValueError("item_profiles is empty: run `recsys build-profiles` first")
+        raise DataError("item_profiles is empty: run `recsys build-profiles` first")
     model_uri, version = resolve_model_uri(cfg) if with_model else (None, None)
     scorers: list[Scorer] = [ModelScorer(model_uri, cfg.tracking_uri)] if model_uri else []
     scorers += fit_baselines(spark, examples, num_items, baselines, cfg.evaluation, cfg.train.seed)
@@ -127,23 +140,24 @@ def evaluate(spark: SparkSession, cfg: Config, *, split: str = "test", with_mode
     for scorer in scorers:
         rows = scorer.attach(rows)
     ranks = rows.mapInPandas(
-        rank_partition(scorers, num_items + 1, cfg.evaluation.batch_size), RANKS_SCHEMA
+        rank_partition(scorers, num_items + 1, cfg.evaluation.batch_size, protocol), RANKS_SCHEMA
     ).toPandas()
     if ranks.empty:
-        raise ValueError(f"training_examples has no '{split}' rows to evaluate")
+        raise DataError(f"training_examples has no '{split}' rows to evaluate")
     by_scorer = dict(tuple(ranks.groupby("scorer")))
     metrics = {s.name: metrics_from_ranks(by_scorer[s.name]["rank"].to_numpy(), cfg.evaluation.ks) for s in scorers}
-    report: dict[str, Any] = {"split": split, "model_uri": model_uri, "model_version": version, "metrics": metrics}
+    report: dict[str, Any] = {"split": split, "protocol": protocol.value, "model_uri": model_uri,
+                              "model_version": version, "metrics": metrics}
     experiment_id = setup_from_config(cfg)
     # The figures go to the training run that produced the model (else to a run of their own).
     train_run = None
     if version is not None:
         train_run = mlflow.MlflowClient().get_model_version(cfg.tracking.model_name, version).run_id
     with mlflow.start_run(run_id=train_run) if train_run else mlflow.start_run(
-        experiment_id=experiment_id, run_name=f"evaluate-{split}"
+        experiment_id=experiment_id, run_name=f"evaluate-{split}" if headline else f"evaluate-{split}-{protocol.value}"
     ) as run:
         for scorer, m in metrics.items():
-            mlflow.log_metrics({f"{split}_{scorer}_{k}": float(v) for k, v in m.items()})
+            mlflow.log_metrics({f"{prefix}{scorer}_{k}": float(v) for k, v in m.items()})
         report["mlflow_run_id"] = run.info.run_id
-    write_report(cfg, "evaluate", report)
+    write_report(cfg, "evaluate" if headline else "evaluate_unmasked", report)
     return report

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from recsys.config import ModelConfig
+    from recsys.models.base import Catalogue
 
 
 class ByteDropout(nn.Module):
@@ -175,6 +180,32 @@ class SASRec(nn.Module):
         scores = h @ vectors.T
         scores[:, 0] = float("-inf")
         return scores
+
+
+def build(cfg: ModelConfig, catalogue: Catalogue, max_len: int) -> SASRec:
+    """The untrained network for ``model.family: sasrec`` (see :func:`recsys.models.build_model`).
+
+    Side features are used when ``cfg.side_features`` is on, the text vectors when
+    ``cfg.text_features`` is on and the catalogue has them.
+    """
+    side = cfg.side_features
+    text = catalogue.text if cfg.text_features and catalogue.text else None
+    spec = SASRecSpec(
+        num_items=catalogue.num_items, max_len=max_len, hidden=cfg.hidden, blocks=cfg.blocks, heads=cfg.heads,
+        dropout=cfg.dropout, item_dropout=cfg.item_dropout,
+        num_categories=catalogue.num_categories if side else 0,
+        num_brands=catalogue.num_brands if side else 0,
+        num_price_buckets=catalogue.num_price_buckets if side else 0,
+        text_dim=len(text[0]) if text else 0,
+    )
+    longs = lambda xs, used: torch.tensor(xs, dtype=torch.long) if used else None  # noqa: E731
+    return SASRec(
+        spec,
+        item_category=longs(catalogue.category, spec.num_categories),
+        item_brand=longs(catalogue.brand, spec.num_brands),
+        item_price=longs(catalogue.price, spec.num_price_buckets),
+        item_text=torch.tensor(text, dtype=torch.float32) if text else None,
+    )
 
 
 def trim_padding(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

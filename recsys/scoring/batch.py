@@ -14,41 +14,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys.config import Config
+from recsys.models.loading import load_model_cached, pad_left
 from recsys.reports import write_report
-from recsys.tables import read_table, write_table
+from recsys.tables import read_table, table_exists, write_table
 from recsys.tracking import resolve_model_uri
 
 log = logging.getLogger(__name__)
-
-# One model per Python worker process, keyed by URI: mapInPandas calls the function once per
-# partition, and loading from MLflow each time would dominate the cost.
-_MODELS: dict[str, Any] = {}
-
-
-def load_model_cached(model_uri: str, tracking_uri: str):
-    """The torch model behind ``model_uri``, loaded at most once in this process."""
-    if model_uri not in _MODELS:
-        import mlflow
-        import torch
-
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-        model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-        model.eval()
-        torch.set_num_threads(1)
-        _MODELS[model_uri] = model
-    return _MODELS[model_uri]
-
-
-def pad_left(seqs: list, length: int) -> np.ndarray:
-    """Ragged int sequences → (B, length) int64, keeping the last ``length`` items, 0-padded."""
-    out = np.zeros((len(seqs), length), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        s = list(s if s is not None else [])[-length:]
-        if s:
-            out[i, length - len(s):] = s
-    return out
-
 
 RECS_SCHEMA = T.StructType(
     [
@@ -142,8 +113,6 @@ def recommend(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         )
     )
     path = cfg.table_path("recommendations")
-    from recsys.tables import table_exists
-
     if table_exists(cfg, "recommendations"):
         write_table(out, cfg, "recommendations", replace_where=f"run_date = '{run_date}'")
     else:

@@ -11,6 +11,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys.config import Config, NegativeSampler, TrainConfig
+from recsys.errors import DataError
+from recsys.models import Catalogue
 from recsys.reports import write_report
 from recsys.tables import read_table, table_exists
 from recsys.training.data import materialise
@@ -19,24 +21,32 @@ from recsys.training.loop import TrainJob, train_worker
 log = logging.getLogger(__name__)
 
 
-def item_feature_tables(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Per-item side features as dense lists indexed by item_idx (index 0 = padding)."""
+def item_catalogue(spark: SparkSession, cfg: Config) -> Catalogue:
+    """Per-item side features as dense lists indexed by item_idx (index 0 = padding), and
+    the item text vectors (see :func:`item_text_matrix`).
+
+    Raises:
+        DataError: ``item_profiles`` is empty.
+    """
     items = read_table(spark, cfg, "item_profiles").select(
         "item_idx", "category_idx", "brand_idx", "price_bucket"
     ).toPandas()
+    if items.empty:
+        raise DataError("item_profiles is empty: run `recsys build-profiles` first")
     n = int(items["item_idx"].max())
     cat, brand, price = [0] * (n + 1), [0] * (n + 1), [0] * (n + 1)
     for r in items.itertuples(index=False):
         cat[r.item_idx], brand[r.item_idx], price[r.item_idx] = int(r.category_idx), int(r.brand_idx), int(r.price_bucket)
-    return {
-        "num_items": n,
-        "item_category": cat,
-        "item_brand": brand,
-        "item_price": price,
-        "num_categories": int(items["category_idx"].max()),
-        "num_brands": int(items["brand_idx"].max()),
-        "num_price_buckets": int(items["price_bucket"].max()),
-    }
+    return Catalogue(
+        num_items=n,
+        category=cat,
+        brand=brand,
+        price=price,
+        num_categories=int(items["category_idx"].max()),
+        num_brands=int(items["brand_idx"].max()),
+        num_price_buckets=int(items["price_bucket"].max()),
+        text=item_text_matrix(spark, cfg, n),
+    )
 
 
 def item_text_matrix(spark: SparkSession, cfg: Config, num_items: int) -> list[list[float]] | None:
@@ -84,8 +94,8 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     Returns the training summary: run id, model version, epochs, best validation NDCG@10.
 
     Raises:
-        FileNotFoundError: the gold tables are missing (run build-profiles first).
-        ValueError: there are no training examples.
+        MissingTableError: the gold tables are missing (run build-profiles first).
+        DataError: item_profiles is empty or there are no training examples.
         RuntimeError: the distributed job failed.
     """
     import mlflow
@@ -95,7 +105,7 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     t0 = time.time()
     examples = read_table(spark, cfg, "training_examples")
-    feats = item_feature_tables(spark, cfg)
+    catalogue = item_catalogue(spark, cfg)
     cache = (cfg.lakehouse.root_path / "_petastorm").as_uri()
     world = cfg.train.num_processes
     train_df = examples.where(F.col("split") == "train")
@@ -103,62 +113,31 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     valid_set = materialise(spark, examples.where(F.col("split") == "validation"), cache, files=4 * world)
     log.info("materialised %d train / %d validation rows for petastorm in %.1fs", train_set.rows, valid_set.rows, time.time() - t0)
     if train_set.rows == 0:
-        raise ValueError("training_examples has no train rows: generate or ingest more events")
+        raise DataError("training_examples has no train rows: generate or ingest more events")
 
-    num_negatives = sampled_negatives(cfg.train, feats["num_items"])
+    num_negatives = sampled_negatives(cfg.train, catalogue.num_items)
     mixed = num_negatives > 0 and cfg.train.negative_sampler == NegativeSampler.MIXED
     loss_name = (f"sampled softmax, {num_negatives} {cfg.train.negative_sampler.value} negatives" if num_negatives
                  else "full softmax")
-    side = cfg.model.side_features
-    text = item_text_matrix(spark, cfg, feats["num_items"])
-    spec = {
-        "num_items": feats["num_items"],
-        "max_len": cfg.features.max_seq_len,
-        "hidden": cfg.model.hidden,
-        "blocks": cfg.model.blocks,
-        "heads": cfg.model.heads,
-        "dropout": cfg.model.dropout,
-        "item_dropout": cfg.model.item_dropout,
-        "num_categories": feats["num_categories"] if side else 0,
-        "num_brands": feats["num_brands"] if side else 0,
-        "num_price_buckets": feats["num_price_buckets"] if side else 0,
-        "text_dim": len(text[0]) if text else 0,
-    }
     experiment_id = setup_from_config(cfg)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}") as run:
         mlflow.log_params(cfg.to_flat_dict())
         mlflow.log_params({"data.train_rows": train_set.rows, "data.validation_rows": valid_set.rows,
                            "loss": loss_name,
-                           "data.num_items": feats["num_items"]})
+                           "data.num_items": catalogue.num_items})
         run_id = run.info.run_id
     job = TrainJob(
-        spec=spec,
-        item_category=feats["item_category"],
-        item_brand=feats["item_brand"],
-        item_price=feats["item_price"],
-        train=train_set,
-        validation=valid_set,
-        epochs=cfg.train.epochs,
-        batch_size=cfg.train.batch_size,
-        lr=cfg.train.lr,
-        weight_decay=cfg.train.weight_decay,
-        warmup_steps=cfg.train.warmup_steps,
-        patience=cfg.train.patience,
-        seed=cfg.train.seed,
-        torch_threads=cfg.train.torch_threads,
-        use_gpu=cfg.train.use_gpu,
+        train=cfg.train,
+        model=cfg.model,
+        catalogue=catalogue,
+        max_len=cfg.features.max_seq_len,
+        train_set=train_set,
+        validation_set=valid_set,
+        num_negatives=num_negatives,
+        item_target_counts=target_counts(train_df, catalogue.num_items) if mixed else None,
+        tracking=cfg.tracking,
         tracking_uri=cfg.tracking_uri,
         run_id=run_id,
-        model_name=cfg.tracking.model_name,
-        alias=cfg.tracking.alias,
-        item_text=text,
-        num_negatives=num_negatives,
-        item_target_counts=target_counts(train_df, feats["num_items"]) if mixed else None,
-        length_buckets=cfg.train.length_buckets,
-        ema_decay=cfg.train.ema_decay,
-        future_share=cfg.train.future_share,
-        future_window=cfg.train.future_window,
-        max_seconds=cfg.train.max_minutes * 60.0,
     )
     log.info("starting TorchDistributor: %d processes, local_mode=%s, use_gpu=%s", world, cfg.train.local_mode, cfg.train.use_gpu)
     t1 = time.time()

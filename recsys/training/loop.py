@@ -13,65 +13,42 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from recsys.config import ModelConfig, TrainConfig, TrackingConfig
+from recsys.models.base import Catalogue
+
 
 @dataclass
 class TrainJob:
-    spec: dict  # SASRecSpec fields
-    item_category: list[int]
-    item_brand: list[int]
-    item_price: list[int]
-    train: Any  # ShardedExamples
-    validation: Any  # ShardedExamples
-    epochs: int
-    batch_size: int  # global: each of the world's ranks takes batch_size // world rows per step
-    lr: float
-    weight_decay: float
-    warmup_steps: int
-    patience: int
-    seed: int
-    torch_threads: int
-    use_gpu: bool
-    tracking_uri: str = ""
-    run_id: str = ""
-    model_name: str = ""
-    alias: str = ""
-    item_text: list[list[float]] | None = None
-    num_negatives: int = 0  # 0 = full softmax
+    """One picklable bundle for every rank: the resolved, frozen ``train`` and ``model``
+    configs as they are, plus only what the driver derived from the data."""
+
+    train: TrainConfig
+    model: ModelConfig
+    catalogue: Catalogue  # sizes and per-item features of item_profiles
+    max_len: int  # features.max_seq_len: the length of the input sequences
+    train_set: Any  # ShardedExamples
+    validation_set: Any  # ShardedExamples
+    num_negatives: int = 0  # the loss's sampled negatives for this catalogue (0 = full softmax), see sampled_negatives
     item_target_counts: list[int] | None = None  # (N+1,): the mixed sampler's log-Q correction
-    length_buckets: int = 0  # 0 = batches as they come
-    ema_decay: float = 0.0  # > 0: validate and keep the moving average of the weights
-    future_share: float = 0.0  # share of training targets replaced by a later step (see future_targets)
-    future_window: int = 1
-    max_seconds: float = 0.0  # 0 = no time limit
-    extra_tags: dict = field(default_factory=dict)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # model_name and alias to register under
+    tracking_uri: str = ""
+    run_id: str = ""  # "" = no MLflow: nothing logged or registered
 
-
-def build_model(job: TrainJob):
-    """The untrained network described by ``job`` (same weights on every rank for one seed)."""
-    import torch
-
-    from recsys.models.sasrec import SASRec, SASRecSpec
-
-    spec = SASRecSpec(**job.spec)
-    longs = lambda xs, used: torch.tensor(xs, dtype=torch.long) if used else None  # noqa: E731
-    return SASRec(
-        spec,
-        item_category=longs(job.item_category, spec.num_categories),
-        item_brand=longs(job.item_brand, spec.num_brands),
-        item_price=longs(job.item_price, spec.num_price_buckets),
-        item_text=torch.tensor(job.item_text, dtype=torch.float32) if spec.text_dim else None,
-    )
+    @property
+    def max_seconds(self) -> float:
+        """The time budget in seconds (0 = no limit)."""
+        return self.train.max_minutes * 60.0
 
 
 TIME_CHECK_STEPS = 8  # how often (in steps) the ranks agree on whether the time budget is spent
 
 
-def _lr_at(step: int, job: TrainJob, total: int) -> float:
+def _lr_at(step: int, tc: TrainConfig, total: int) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak rate."""
-    if step < job.warmup_steps:
-        return job.lr * (step + 1) / job.warmup_steps
-    progress = min(1.0, (step - job.warmup_steps) / max(1, total - job.warmup_steps))
-    return job.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    progress = min(1.0, (step - tc.warmup_steps) / max(1, total - tc.warmup_steps))
+    return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def future_targets(targets, share: float, window: int, generator=None):
@@ -164,25 +141,27 @@ def train_worker(job: TrainJob) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from recsys.evaluation.metrics import metric_sums, target_ranks
+    from recsys.metrics import metric_sums, target_ranks
+    from recsys.models import build_model
     from recsys.models.sasrec import trim_padding
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # petastorm on pyarrow 14
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    gpu = job.use_gpu and torch.cuda.is_available()
+    tc = job.train
+    gpu = tc.use_gpu and torch.cuda.is_available()
     distributed = world > 1
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if gpu else "gloo")
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if gpu else "cpu")
-    torch.set_num_threads(job.torch_threads)
-    torch.manual_seed(job.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
+    torch.set_num_threads(tc.torch_threads)
+    torch.manual_seed(tc.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
 
-    model = build_model(job).to(device)
+    model = build_model(job.model, job.catalogue, job.max_len).to(device)
     # From here on each rank draws its own dropout masks and sampled negatives: with one seed
     # the ranks' equal-length batches got identical masks and identical negatives.
-    torch.manual_seed(job.seed + 1 + rank)
+    torch.manual_seed(tc.seed + 1 + rank)
     model.num_negatives = job.num_negatives
     if job.item_target_counts is not None:
         from recsys.models.sasrec import target_log_share
@@ -190,16 +169,16 @@ def train_worker(job: TrainJob) -> dict:
         model.item_log_share = target_log_share(torch.tensor(job.item_target_counts, dtype=torch.long),
                                                 model.spec.num_items, counts=True).to(device)
     net = DDP(model) if distributed else model
-    average = WeightAverage(model.parameters(), job.ema_decay) if job.ema_decay > 0 else None
+    average = WeightAverage(model.parameters(), tc.ema_decay) if tc.ema_decay > 0 else None
     # fused: one kernel for all parameters; on the CPU a step took 9 ms instead of 54 ms
     # (mostly the item embeddings, which the full softmax gives a dense gradient).
-    opt = torch.optim.AdamW(model.parameters(), lr=job.lr, weight_decay=job.weight_decay, betas=(0.9, 0.98),
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98),
                             fused=True)
     # batch_size is the global batch, so the optimisation (and the learning rate that suits
     # it) does not change with the number of processes.
-    rank_batch = max(1, job.batch_size // world)  # the config requires a multiple of world
-    steps_per_epoch = max(1, math.ceil(job.train.rows / job.batch_size))
-    total_steps = steps_per_epoch * job.epochs
+    rank_batch = max(1, tc.batch_size // world)  # the config requires a multiple of world
+    steps_per_epoch = max(1, math.ceil(job.train_set.rows / tc.batch_size))
+    total_steps = steps_per_epoch * tc.epochs
 
     mlflow = None
     if rank == 0 and job.run_id:
@@ -215,17 +194,20 @@ def train_worker(job: TrainJob) -> dict:
     def loss_fn(batch: dict) -> torch.Tensor:
         # Called through the DDP wrapper (when there is one) so its gradient all-reduce fires.
         items, types, targets = trim_padding(batch["input_items"], batch["input_types"], batch["target_items"])
-        targets = future_targets(targets, job.future_share, job.future_window)
+        targets = future_targets(targets, tc.future_share, tc.future_window)
         return net(items.to(device), types.to(device), targets.to(device))
 
     def validate() -> tuple[float, float]:
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64)
         with torch.no_grad():
-            for b in job.validation.batches(512, rank, world, endless=False, shuffle=False):
+            for b in job.validation_set.batches(512, rank, world, endless=False, shuffle=False):
                 items, types = trim_padding(b["input_items"], b["input_types"])
                 items = items.to(device)
                 scores = model(items, types.to(device))
+                # Early stopping selects on the headline protocol: the input steps are masked
+                # and a target among them is a miss (see target_ranks). The petastorm rows
+                # carry the last max_len steps only, so older repeats are not masked here.
                 mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, items, True)
                 sums += metric_sums(target_ranks(scores, b["target"].to(device), mask).cpu(), 10)
         if distributed:  # on the device: NCCL reduces GPU tensors only
@@ -247,10 +229,10 @@ def train_worker(job: TrainJob) -> dict:
 
     step, bad_epochs, t0, stopped_by = 0, 0, time.time(), "epochs"
     validate_seconds = 0.0  # the last validation's duration, kept free at the end of the budget
-    stream = job.train.batches(rank_batch, rank, world, endless=True, shuffle=True)
-    batches = length_bucketed(stream, job.length_buckets, job.seed) if job.length_buckets > 0 else stream
+    stream = job.train_set.batches(rank_batch, rank, world, endless=True, shuffle=True)
+    batches = length_bucketed(stream, tc.length_buckets, tc.seed) if tc.length_buckets > 0 else stream
     try:
-        for epoch in range(1, job.epochs + 1):
+        for epoch in range(1, tc.epochs + 1):
             model.train()
             loss_sum, n = 0.0, 0
             for i in range(steps_per_epoch):
@@ -261,7 +243,7 @@ def train_worker(job: TrainJob) -> dict:
                     break
                 batch = next(batches)
                 for g in opt.param_groups:
-                    g["lr"] = _lr_at(step, job, total_steps)
+                    g["lr"] = _lr_at(step, tc, total_steps)
                 loss = loss_fn(batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -291,7 +273,7 @@ def train_worker(job: TrainJob) -> dict:
             bad_epochs = 0 if improved else bad_epochs + 1
             if stopped_by == "time":
                 break
-            if bad_epochs >= job.patience:  # same decision on every rank: ndcg was all-reduced
+            if bad_epochs >= tc.patience:  # same decision on every rank: ndcg was all-reduced
                 stopped_by = "patience"
                 break
     finally:
@@ -326,16 +308,16 @@ def _log_model(mlflow, model, job: TrainJob, summary: dict) -> dict:
     mlflow.log_metrics({"best_val_ndcg_at_10": summary["best_val_ndcg_at_10"], "best_epoch": summary["best_epoch"],
                         "train_seconds": summary["train_seconds"], "epochs_run": summary["epochs_run"]})
     mlflow.set_tag("stopped_by", summary["stopped_by"])
-    mlflow.log_dict(job.spec, "model_spec.json")
+    mlflow.log_dict(model.spec.to_dict(), "model_spec.json")
     info = mlflow.pytorch.log_model(
-        model, name="model", serialization_format="pickle", registered_model_name=job.model_name or None,
+        model, name="model", serialization_format="pickle", registered_model_name=job.tracking.model_name or None,
         pip_requirements=[],
     )
     out = {"model_uri": info.model_uri, "run_id": job.run_id}
     version = getattr(info, "registered_model_version", None)
-    if job.model_name and version is not None:
+    if job.tracking.model_name and version is not None:
         client = mlflow.MlflowClient()
-        if job.alias:
-            client.set_registered_model_alias(job.model_name, job.alias, version)
+        if job.tracking.alias:
+            client.set_registered_model_alias(job.tracking.model_name, job.tracking.alias, version)
         out["model_version"] = str(version)
     return out

@@ -10,9 +10,10 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
+from recsys.config import replace
 from recsys.evaluation.baselines import fit_cooccurrence, popularity_counts
 from recsys.evaluation.evaluate import evaluate
-from recsys.evaluation.metrics import history_mask, target_ranks
+from recsys.metrics import history_mask, target_ranks
 from recsys.features.profiles import build_training_examples
 from recsys.tables import write_table
 from tests.conftest import make_config
@@ -82,6 +83,20 @@ def test_baselines_on_planted_pattern(spark, tmp_path):
     assert run.info.run_name == "evaluate-test"
     for scorer in ("popularity", "cooccurrence", "als"):
         assert run.data.metrics[f"test_{scorer}_hr_at_10"] == pytest.approx(m[scorer]["hr_at_10"])
+    assert report["protocol"] == "history_masked"
+
+    # the unmasked protocol is reported apart: its own metric names, run name and report file
+    unmasked = evaluate(spark, replace(cfg, "evaluation.protocol=unmasked", "evaluation.baselines=[popularity]"),
+                        with_model=False)
+    assert unmasked["protocol"] == "unmasked"
+    # no target repeats here; unmasked, the popular history items rank above the targets too
+    u = unmasked["metrics"]["popularity"]
+    assert u["hr_at_20"] == 0.0 and u["mrr"] < m["popularity"]["mrr"]
+    other = mlflow.MlflowClient().get_run(unmasked["mlflow_run_id"])
+    assert other.info.run_name == "evaluate-test-unmasked"
+    assert set(other.data.metrics) == {f"test_unmasked_popularity_{k}" for k in u}
+    assert len(list(cfg.lakehouse.reports_path.glob("evaluate-*.json"))) == 1
+    assert len(list(cfg.lakehouse.reports_path.glob("evaluate_unmasked-*.json"))) == 1
 
 
 def test_cooccurrence_by_hand(spark):

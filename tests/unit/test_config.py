@@ -46,6 +46,8 @@ def test_derived_locations(tmp_path):
         ("train.future_window=0", "train.future_window must be >= 1, got 0"),
         ("train.future_share=1.5", "train.future_share must be in [0, 1], got 1.5"),
         ("train.ema_decay=1.0", "train.ema_decay must be in [0, 1) (0 = off), got 1.0"),
+        ("model.family=gru4rec", "'model.family': 'gru4rec' is not allowed; allowed values: sasrec"),
+        ("evaluation.protocol=leaky", "'evaluation.protocol': 'leaky' is not allowed; allowed values: history_masked, unmasked"),
         ("train.batch_size=129", "train.batch_size is the global batch: it must be a multiple of train.num_processes (2)"),
     ],
 )

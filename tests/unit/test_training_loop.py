@@ -3,6 +3,8 @@ weight average, future targets, and training on mixed negatives."""
 
 import torch
 
+from recsys.config import ModelConfig, TrainConfig
+from recsys.models import Catalogue
 from recsys.training.loop import (TIME_CHECK_STEPS, TrainJob, WeightAverage, future_targets, length_bucketed,
                                  train_worker)
 
@@ -68,14 +70,19 @@ class InMemoryExamples:
                 return
 
 
-def _job(max_seconds: float, epochs: int = 3, **kw) -> TrainJob:
+def _job(max_seconds: float, epochs: int = 3, num_negatives: int = 0, **train) -> TrainJob:
     gen = torch.Generator().manual_seed(0)
     seq = torch.randint(1, 21, (640, 9), generator=gen)
     data = InMemoryExamples(seq[:, :-1], seq[:, 1:])
-    return TrainJob(spec={"num_items": 20, "max_len": 8, "hidden": 8, "blocks": 1, "heads": 1, "dropout": 0.0},
-                    item_category=[], item_brand=[], item_price=[], train=data, validation=data, epochs=epochs,
-                    batch_size=16, lr=1e-3, weight_decay=0.0, warmup_steps=1, patience=10, seed=0, torch_threads=1,
-                    use_gpu=False, max_seconds=max_seconds, **kw)
+    tc = TrainConfig(epochs=epochs, batch_size=16, lr=1e-3, weight_decay=0.0, warmup_steps=1, patience=10, seed=0,
+                     torch_threads=1, use_gpu=False, max_minutes=max_seconds / 60.0, length_buckets=0,
+                     future_share=0.0, future_window=1, **train)
+    mc = ModelConfig(hidden=8, blocks=1, heads=1, dropout=0.0, side_features=False, text_features=False)
+    zeros = [0] * 21
+    catalogue = Catalogue(num_items=20, category=zeros, brand=zeros, price=zeros, num_categories=0, num_brands=0,
+                          num_price_buckets=0)
+    return TrainJob(train=tc, model=mc, catalogue=catalogue, max_len=8, train_set=data, validation_set=data,
+                    num_negatives=num_negatives)
 
 
 def test_time_budget_cuts_the_epoch_short_and_keeps_its_validation():
@@ -96,7 +103,7 @@ def test_mixed_negatives_train_through_the_loop():
     """With item target counts the loop trains on the mixed sampled softmax (K=5 of 20 items):
     the loss falls and every epoch is validated."""
     job = _job(max_seconds=0.0, epochs=3, num_negatives=5)
-    targets = job.train.targets
+    targets = job.train_set.targets
     job.item_target_counts = torch.bincount(targets[targets != 0], minlength=21).tolist()
     summary = train_worker(job)
     losses = [e["train_loss"] for e in summary["history"]]

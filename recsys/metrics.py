@@ -1,7 +1,17 @@
 """Full-ranking metrics: HR@K, NDCG@K and MRR with one held-out target per user.
 
+Shared by the evaluation (every scorer) and by validation during training (early stopping).
+
 The target's rank counts every unmasked item scoring *at least* as high as the target
 (ties are broken against the target, so a constant scorer earns nothing from ties).
+
+Two protocols (``evaluation.protocol``), reported separately and never mixed:
+
+* ``history_masked`` (the headline, the one published results use): every item of the
+  user's history is excluded from the ranking. The mask depends on the history only, never
+  on the target: a target the user already had is excluded like any other history item and
+  counts as a miss (rank "beyond the catalogue").
+* ``unmasked``: nothing is excluded; items the user already had compete with the rest.
 """
 
 from __future__ import annotations
@@ -13,31 +23,36 @@ import torch
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """0-based rank of each target among all items.
+    """0-based rank of each target among the items the mask leaves in.
+
+    Every scorer's ranks go through here (the model, the baselines, validation during
+    training), so the protocol is the same for all of them.
 
     Args:
-        scores: (B, N) item scores (column 0 is padding and never counts).
-        targets: (B,) target item index per row.
-        mask: (B, N) bool, True = item excluded (e.g. already in the history). The target
-            itself is never excluded.
+        scores: (B, N+1) item scores (column 0 is padding and never counts).
+        targets: (B,) target item index per row, in 1..N.
+        mask: (B, N+1) bool, True = item excluded; it must come from the history alone (see
+            :func:`history_mask`). A target that is itself masked (the user already had it)
+            gets rank N, one past the last place an item can take: a miss at every K and
+            1/(N+1) in MRR. ``None`` excludes nothing (the ``unmasked`` protocol).
     Returns:
         (B,) int64 ranks: 0 means the target is first.
     """
     scores = scores.clone().float()
     scores[:, 0] = float("-inf")
     rows = torch.arange(len(targets), device=scores.device)
-    t = scores[rows, targets].clone()
-    if mask is not None:
-        scores = scores.masked_fill(mask, float("-inf"))
-    ge = scores >= t[:, None]
-    ge[rows, targets] = False  # the target does not outrank itself
-    if mask is not None:
-        ge &= ~mask
-    return ge.sum(dim=1)
+    t = scores[rows, targets]
+    ahead = scores >= t[:, None]
+    ahead[rows, targets] = False  # the target does not outrank itself
+    if mask is None:
+        return ahead.sum(dim=1)
+    ranks = (ahead & ~mask).sum(dim=1)
+    beyond = scores.shape[1] - 1  # N: no unmasked target can rank there
+    return torch.where(mask[rows, targets], torch.full_like(ranks, beyond), ranks)
 
 
 def history_mask(histories: Sequence[Iterable[int]], num_columns: int) -> torch.Tensor:
-    """(B, N) bool mask with True at every item index in each row's history."""
+    """(B, N+1) bool mask with True at every item index in each row's history."""
     mask = torch.zeros(len(histories), num_columns, dtype=torch.bool)
     for i, h in enumerate(histories):
         idx = [int(x) for x in h if 0 < int(x) < num_columns]
