@@ -9,7 +9,9 @@ from typing import Any
 
 from recsys import storage
 from recsys.config import Config
-from recsys.timing import StepTimer  # noqa: F401  (re-exported: the stages time their steps with it)
+from recsys.timing import StepTimer
+
+__all__ = ["StepTimer", "write_named", "write_report"]
 
 
 def write_report(cfg: Config, name: str, report: dict[str, Any]) -> str:

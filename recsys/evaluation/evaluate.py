@@ -16,13 +16,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys.config import Config, EvaluationProtocol
+from recsys.config import Config, ConfigError, EvaluationProtocol
 from recsys.errors import DataError
-from recsys.evaluation.baselines import Scorer, fit_baselines, popularity_counts  # noqa: F401 (re-exported)
+from recsys.evaluation.baselines import Scorer, fit_baselines
 from recsys.models.loading import load_model_cached, pad_left
 from recsys.reports import write_report
 from recsys.tables import read_table
@@ -128,7 +128,7 @@ def evaluate(spark: SparkSession, cfg: Config, *, split: str = "test", with_mode
     prefix = f"{split}_" if headline else f"{split}_{protocol.value}_"
     baselines = list(dict.fromkeys(b.value for b in cfg.evaluation.baselines))
     if not with_model and not baselines:
-        raise ValueError("nothing to evaluate: with_model=False and evaluation.baselines is empty")
+        raise ConfigError("nothing to evaluate: with_model=False and config key 'evaluation.baselines' is empty")
     examples = read_table(spark, cfg, "training_examples")
     num_items = read_table(spark, cfg, "item_profiles").agg(F.max("item_idx")).first()[0]
     if not num_items:

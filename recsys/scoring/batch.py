@@ -9,11 +9,11 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys.config import Config
+from recsys.config import Config, ConfigError
 from recsys.models.loading import load_model_cached, pad_left
 from recsys.reports import write_report
 from recsys.tables import read_table, table_exists, write_table
@@ -93,7 +93,7 @@ def recommend(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     try:
         dt.date.fromisoformat(run_date)
     except ValueError as e:
-        raise ValueError(f"config key 'scoring.run_date': {run_date!r} is not a date like 2026-11-28") from e
+        raise ConfigError(f"config key 'scoring.run_date': {run_date!r} is not a date like 2026-11-28") from e
     users = read_table(spark, cfg, "user_profiles").where(F.col("n_steps") > 0).select(
         "user_id", "seq_item_idx", "seq_type_idx", "purchased_item_idx"
     )

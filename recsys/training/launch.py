@@ -10,6 +10,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from recsys import storage
 from recsys.config import Config, NegativeSampler, TrainConfig
 from recsys.errors import DataError
 from recsys.models import Catalogue
@@ -106,7 +107,8 @@ def train(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     t0 = time.time()
     examples = read_table(spark, cfg, "training_examples")
     catalogue = item_catalogue(spark, cfg)
-    cache = (cfg.lakehouse.root_path / "_petastorm").as_uri()
+    # petastorm's cache of materialised Parquet: under the lakehouse, so every worker reaches it.
+    cache = storage.to_url(storage.join(cfg.lakehouse.root_uri, "_petastorm"))
     world = cfg.train.num_processes
     train_df = examples.where(F.col("split") == "train")
     train_set = materialise(spark, train_df, cache, files=4 * world)

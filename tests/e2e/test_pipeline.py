@@ -9,7 +9,6 @@ import runpy
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
