@@ -161,6 +161,9 @@ class FeaturesConfig:
     text_model: str = ""  # a sentence-transformers model path; "" = the bundled all-MiniLM-L6-v2
     text_batch_size: int = 64
     full_rebuild: bool = False  # true: rebuild every gold table instead of MERGEing what changed
+    # Deletion vectors on user_profiles and training_examples (cheaper MERGEs); false for
+    # readers without them (delta-rs: DuckDB, Polars). Set before the tables are first built.
+    deletion_vectors: bool = True
     # Share of users whose second-to-last step is the validation target; for the others it is
     # one more training target (1.0 = every user validates, the classic split).
     validation_share: float = 0.2

@@ -34,8 +34,13 @@ PINNED_GOLD = ("item_profiles", "user_profiles")  # read back by the next increm
 # An incremental build MERGEs the affected users (a fifth of them after a day of a shop's
 # logs) into user_profiles and training_examples, spread over every file. With deletion
 # vectors a MERGE writes the new rows and marks the old ones deleted instead of rewriting
-# every file: its time fell by about a third at 5M events.
-MERGED_BY_USER = {"delta.enableDeletionVectors": "true"}
+# every file: its time fell by about a third at 5M events. Readers without deletion-vector
+# support (delta-rs, so DuckDB and Polars) refuse such tables: features.deletion_vectors=false.
+
+
+def merged_by_user(cfg: Config) -> dict[str, str]:
+    """Table properties of the two tables MERGEd by user."""
+    return {"delta.enableDeletionVectors": str(cfg.features.deletion_vectors).lower()}
 
 
 def build_profiles(spark: SparkSession, cfg: Config, *, full: bool = False) -> dict[str, Any]:
@@ -111,11 +116,11 @@ def _full_build(spark: SparkSession, cfg: Config, events: DataFrame, catalog: Da
 
     steps = build_steps(events, items).localCheckpoint()  # read four times below
     profiles = build_user_profiles(user_event_counts(events), steps, users, items)
-    write_table(profiles, cfg, "user_profiles", properties=MERGED_BY_USER)
+    write_table(profiles, cfg, "user_profiles", properties=merged_by_user(cfg))
     profiles = read_table(spark, cfg, "user_profiles")
     steps_t.done("user_profiles")
     write_table(build_training_examples(cfg, profiles), cfg, "training_examples", partition_by=["split"],
-                properties=MERGED_BY_USER)
+                properties=merged_by_user(cfg))
     steps_t.done("training_examples")
     return {"as_of_date": str(as_of) if as_of else None}
 

@@ -1,4 +1,4 @@
-"""Training examples: the leave-one-out split of DESIGN.md over a user's steps.
+"""Training examples: the leave-one-out split (README, "Evaluation protocol") over a user's steps.
 
 The last step is the test target, the one before it the validation target (for a fixed hash
 sample of users, ``validation_user``), the rest is training.

@@ -34,7 +34,7 @@ from recsys.ingest import rules
 from recsys.privacy import pseudonymise_col, resolve_key
 from recsys.tables import (CATALOG_CONSTRAINTS, CATALOG_DDL, EVENT_CONSTRAINTS, EVENTS_DDL, EVENTS_PROPERTIES,
                            MANIFEST_DDL, QUARANTINE_DDL, RAW_CATALOG_SCHEMA, RAW_EVENT_SCHEMA, RAW_USER_SCHEMA, USERS_DDL,
-                           read_pinned)
+                           read_pinned, upsert)
 from recsys.reports import StepTimer, write_report
 
 SOURCES = ("catalog", "users", "events")
@@ -317,8 +317,6 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
     """Classify ``rows`` of ``source`` and write them. ``fresh``: the tables were just reset
     (a full refresh), so plain appends replace the MERGEs and the cross-run duplicate check.
     ``timer`` gets the seconds of each part as ``<source>.<part>``."""
-    from delta.tables import DeltaTable
-
     timer = timer or StepTimer()
 
     max_id = cfg.ingest.max_id_length
@@ -361,7 +359,6 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
         counts = _counts(df, source)
         timer.done(f"{source}.counts")
         ok = df.where(F.col("rule").isNull())
-        target = DeltaTable.forPath(spark, cfg.table_path(source))
         if source == "catalog":
             new = ok.select(
                 F.trim("p.item_id").alias("item_id"),
@@ -376,8 +373,7 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
             if fresh:
                 new.write.format("delta").mode("append").save(cfg.table_path(source))
             else:
-                target.alias("t").merge(new.alias("s"), "t.item_id = s.item_id") \
-                    .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+                upsert(spark, cfg.table_path(source), new, ["item_id"])
             qkey = F.lit(None).cast("string")
         elif source == "users":
             new = ok.select(user_id.alias("user_id"), F.col("p.age").try_cast("int").alias("age"),
@@ -386,8 +382,7 @@ def _ingest_rows(spark: SparkSession, cfg: Config, source: str, rows: DataFrame,
             if fresh:
                 new.write.format("delta").mode("append").save(cfg.table_path(source))
             else:
-                target.alias("t").merge(new.alias("s"), "t.user_id = s.user_id") \
-                    .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+                upsert(spark, cfg.table_path(source), new, ["user_id"])
             qkey = user_id
         else:
             ts = rules.parse_ts(F.col("p.ts"))
