@@ -13,7 +13,7 @@ import sys
 import pytest
 from pyspark.sql import functions as F
 
-from recsys.demo import demo
+from recsys.demo import demo, render
 from recsys.forget import USER_COLUMNS, forget_user
 from recsys.privacy import pseudonymise, resolve_key
 from recsys.scoring.batch import recommend
@@ -31,7 +31,9 @@ TINY = ["generator.users=250", "generator.items=120", "generator.days=14", "gene
 def demo_run(spark, tmp_path_factory):
     """One demo run for the module, and a copy of its lakehouse taken before any test changes it."""
     base = tmp_path_factory.mktemp("demo")
-    cfg = make_config(base / "lh", *TINY, "scoring.run_date=2026-11-01")
+    # Not the defaults the summary once hard-coded: other K values, another first baseline, top-5.
+    cfg = make_config(base / "lh", *TINY, "scoring.run_date=2026-11-01", "evaluation.ks=[5, 10]",
+                      "evaluation.baselines=[cooccurrence, popularity]", "scoring.top_k=5")
     summary = demo(cfg, spark)
     shutil.copytree(cfg.lakehouse.root_path, base / "copy")
     return cfg, summary, base / "copy"
@@ -47,9 +49,15 @@ def test_demo_end_to_end(spark, demo_run):
     for key in ("events", "catalog", "users", "quarantine", "user_profiles", "item_profiles", "training_examples",
                 "item_text_embeddings", "recommendations"):
         assert saved["tables"][key]["rows"] > 0, key
-    for scorer in ("model", "popularity"):
-        for m in ("ndcg_at_10", "hr_at_10"):
+    for scorer in ("model", "cooccurrence", "popularity"):
+        for m in ("ndcg_at_5", "hr_at_5", "ndcg_at_10", "hr_at_10"):
             assert 0.0 <= saved["metrics"][scorer][m] <= 1.0
+        assert "hr_at_20" not in saved["metrics"][scorer]
+    # the printed summary shows what was configured
+    text = render(summary)
+    assert "HR@5" in text and "NDCG@10" in text and "HR@20" not in text
+    assert "top-5 recommendations" in text and "lift over cooccurrence" in text
+    assert all(len(u["recommendations"]) == 5 for u in summary["sample_users"])
     assert saved["mlflow"]["run_id"] and saved["mlflow"]["model_version"] == "1"
 
     # bad lines were generated and every one of them is in quarantine
