@@ -16,6 +16,18 @@ from ..conftest import ROOT, make_config
 pytestmark = pytest.mark.spark
 
 
+def write_landing(cfg, users: list[str], events: list[tuple[str, str, str]]) -> None:
+    """One catalogue item, ``users`` and view ``events`` (event id, user, ts) as landing files."""
+    land = cfg.lakehouse.landing_path
+    for sub in ("events", "catalog", "users"):
+        (land / sub).mkdir(parents=True)
+    (land / "catalog" / "c.jsonl").write_text(json.dumps({"item_id": "i1", "title": "t", "price": 1}) + "\n")
+    (land / "users" / "u.jsonl").write_text("".join(json.dumps({"user_id": u, "age": 30}) + "\n" for u in users))
+    (land / "events" / "e.jsonl").write_text("".join(
+        json.dumps({"event_id": e, "ts": ts, "user_id": u, "event_type": "view", "item_id": "i1"}) + "\n"
+        for e, u, ts in events))
+
+
 @pytest.mark.parametrize("key", [b"k", b"a-longer-secret-key", b"x" * 100])
 def test_spark_hmac_equals_python_hmac(spark, key):
     from pyspark.sql import functions as F
@@ -50,16 +62,7 @@ def test_key_resolution(tmp_path, monkeypatch):
 def test_raw_ids_never_reach_bronze(spark, tmp_path, monkeypatch):
     monkeypatch.setenv("RECSYS_PSEUDONYM_KEY", "test-key")
     cfg = make_config(tmp_path / "lh")
-    land = cfg.lakehouse.landing_path
-    (land / "events").mkdir(parents=True)
-    (land / "catalog").mkdir()
-    (land / "users").mkdir()
-    (land / "catalog" / "c.jsonl").write_text(json.dumps({"item_id": "i1", "title": "t", "price": 1}) + "\n")
-    (land / "users" / "u.jsonl").write_text(json.dumps({"user_id": "alice", "age": 30}) + "\n")
-    (land / "events" / "e.jsonl").write_text(
-        json.dumps({"event_id": "e1", "ts": "2026-10-01T10:00:00Z", "user_id": "alice", "event_type": "view", "item_id": "i1"}) + "\n"
-        + json.dumps({"event_id": "e2", "ts": "bad", "user_id": "alice", "event_type": "view", "item_id": "i1"}) + "\n"
-    )
+    write_landing(cfg, ["alice"], [("e1", "alice", "2026-10-01T10:00:00Z"), ("e2", "alice", "bad")])
     ingest(spark, cfg)
     want = pseudonymise("alice", b"test-key")
     assert [r["user_id"] for r in read_table(spark, cfg, "events").collect()] == [want]
@@ -115,15 +118,8 @@ def test_a_forgotten_user_stays_forgotten_after_a_full_refresh(spark, tmp_path):
     from recsys.forget import forget_user
 
     cfg = make_config(tmp_path / "lh")
-    land = cfg.lakehouse.landing_path
-    (land / "events").mkdir(parents=True)
-    (land / "catalog").mkdir()
-    (land / "users").mkdir()
-    (land / "catalog" / "c.jsonl").write_text(json.dumps({"item_id": "i1", "title": "t", "price": 1}) + "\n")
-    (land / "users" / "u.jsonl").write_text("".join(json.dumps({"user_id": u, "age": 30}) + "\n" for u in ("alice", "bob")))
-    ev = lambda eid, user, ts="2026-10-01T10:00:00Z": json.dumps(  # noqa: E731
-        {"event_id": eid, "ts": ts, "user_id": user, "event_type": "view", "item_id": "i1"}) + "\n"
-    (land / "events" / "e.jsonl").write_text(ev("e1", "alice") + ev("e2", "bob") + ev("e3", "alice", ts="bad"))
+    t = "2026-10-01T10:00:00Z"
+    write_landing(cfg, ["alice", "bob"], [("e1", "alice", t), ("e2", "bob", t), ("e3", "alice", "bad")])
     ingest(spark, cfg)
     alice = pseudonymise("alice", resolve_key(cfg))
     assert read_table(spark, cfg, "events").where(f"user_id = '{alice}'").count() == 1
