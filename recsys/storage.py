@@ -33,7 +33,7 @@ def normalise(location: str) -> str:
     Never resolves a URI against the working directory (``s3a://b/x`` stays ``s3a://b/x``)."""
     if has_scheme(location):
         stripped = location.rstrip("/")
-        return stripped if not stripped.endswith(":") and not stripped.endswith(":/") else location
+        return location if stripped.endswith(":") else stripped  # "file:///" stays the root
     return os.path.abspath(os.path.expanduser(location))
 
 
@@ -184,12 +184,11 @@ def read_text(location: str, spark: SparkSession | None = None) -> str:
 def copy_from_local(local_dir: str, location: str, spark: SparkSession | None = None) -> None:
     """Copy the local folder ``local_dir``'s contents into ``location`` (replacing files)."""
     spark = spark or _spark()
-    fs, dest = _hadoop(spark, location)
-    jvm = spark.sparkContext._jvm
+    fs, _ = _hadoop(spark, location)
+    hadoop_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path
     for name in sorted(os.listdir(local_dir)):
-        fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(os.path.join(local_dir, name)),
-                             jvm.org.apache.hadoop.fs.Path(join(location, name)))
-    del dest
+        # delSrc=False, overwrite=True
+        fs.copyFromLocalFile(False, True, hadoop_path(os.path.join(local_dir, name)), hadoop_path(join(location, name)))
 
 
 @contextmanager
