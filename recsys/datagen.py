@@ -943,8 +943,9 @@ def generate(spark: Any, cfg: Any) -> dict[str, int]:
         from recsys.spark import get_spark
 
         spark = get_spark(cfg)
-    for sub in ("events", "catalog", "users"):  # replaced, as generate_shop does locally
-        storage.delete(storage.join(landing, sub), spark)
+    if storage.local_path(landing) is None:  # replaced, as generate_shop does in a local folder
+        for sub in ("events", "catalog", "users"):
+            storage.delete(storage.join(landing, sub), spark)
     with storage.local_folder(landing, spark) as local:
         return generate_shop(local, users=g.users, items=g.items, days=g.days, seed=g.seed,
                              malformed_rate=g.malformed_rate, start=start_date(g.days))

@@ -681,12 +681,8 @@ def import_from_config(spark: Any, cfg: Any, source: str | None = None, fmt: str
             raise UsageError(f"import --format csv needs --map naming the CSV column of each contract key: required "
                              f"{', '.join(CSV_REQUIRED_KEYS)}; optional {', '.join(CSV_OPTIONAL_KEYS)} "
                              f"(e.g. --map user_id=uid,item_id=sku,ts=time)")
-        mapping = parse_mapping(mapping) if isinstance(mapping, str) else dict(mapping)
-        missing = [k for k in CSV_REQUIRED_KEYS if k not in mapping]
-        if missing:
-            raise UsageError(f"--map lacks required key(s) {', '.join(missing)} (required: "
-                             f"{', '.join(CSV_REQUIRED_KEYS)})")
-        kwargs["mapping"] = mapping
+        # import_csv checks the mapping's keys against the header (UsageError)
+        kwargs["mapping"] = parse_mapping(mapping) if isinstance(mapping, str) else dict(mapping)
     elif mapping:
         raise UsageError(f"--map applies to --format csv only, not {fmt}")
     landing = cfg.lakehouse.landing_uri

@@ -94,9 +94,9 @@ def precheck(spark: SparkSession, f: LandingFile) -> tuple[str, str] | None:
 
 
 def line_counts(spark: SparkSession, files: list[LandingFile]) -> dict[str, dict[str, int]]:
-    """Per text file, counted straight from storage and apart from the rows that are then
-    classified (so the reconciliation of a run can fail): ``lines``, ``blank`` lines, and the
-    ``first`` line (a CSV file's header)."""
+    """Per text file (by its ``uri``), counted straight from storage and apart from the rows
+    that are then classified (so the reconciliation of a run can fail): ``lines`` and
+    ``blank`` lines. A file Spark read no line of counts zero of each."""
     text = [f.uri for f in files if f.fmt != "parquet"]
     if not text:
         return {}
@@ -107,12 +107,13 @@ def line_counts(spark: SparkSession, files: list[LandingFile]) -> dict[str, dict
         .agg(F.count("*").alias("lines"), F.sum((F.trim("value") == "").cast("int")).alias("blank"))
         .collect()
     )
-    return {_key(r["f"]): {"lines": int(r["lines"]), "blank": int(r["blank"] or 0)} for r in rows}
+    by_key = {_key(r["f"]): {"lines": int(r["lines"]), "blank": int(r["blank"] or 0)} for r in rows}
+    return {f.uri: by_key.get(_key(f.uri), {"lines": 0, "blank": 0}) for f in files if f.fmt != "parquet"}
 
 
 def record_counts(spark: SparkSession, files: list[LandingFile]) -> dict[str, int]:
-    """Records per Parquet file, from the files' own metadata."""
-    return {_key(f.uri): spark.read.parquet(f.uri).count() for f in files if f.fmt == "parquet"}
+    """Records per Parquet file (by its ``uri``), from the files' own metadata."""
+    return {f.uri: spark.read.parquet(f.uri).count() for f in files if f.fmt == "parquet"}
 
 
 def _key(uri: str) -> str:

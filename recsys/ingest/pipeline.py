@@ -236,10 +236,10 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool | None = None) -> dic
         # Rows read, counted from storage apart from the classification (see _counts).
         lines = landing_files.line_counts(spark, good)
         records = landing_files.record_counts(spark, good)
-        blank_files = [f for f in good if f.fmt != "parquet" and _lines(lines, f)["lines"] == _lines(lines, f)["blank"]]
+        blank_files = [f for f in good if f.fmt != "parquet" and lines[f.uri]["lines"] == lines[f.uri]["blank"]]
         bad += [(f, "empty_file", "") for f in blank_files]
         good = [f for f in good if f not in blank_files]
-        text = [_lines(lines, f) for f in good if f.fmt != "parquet"]
+        text = [lines[f.uri] for f in good if f.fmt != "parquet"]
         headers = sum(1 for f in good if f.fmt == "csv")
         counts: dict[str, Any] = {
             "files": len(files),
@@ -279,11 +279,6 @@ def ingest(spark: SparkSession, cfg: Config, *, full: bool | None = None) -> dic
     print(json.dumps({s: {k: report[s][k] for k in ("files", "read", "accepted", "quarantined", "duplicates")}
                       for s in SOURCES}, default=str))
     return report
-
-
-def _lines(lines: dict[str, dict[str, int]], f: landing_files.LandingFile) -> dict[str, int]:
-    """The line counts of ``f`` (a text file Spark read no line of has none)."""
-    return lines.get(landing_files._key(f.uri), {"lines": 0, "blank": 0})
 
 
 def _merge_counts(base: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
