@@ -55,7 +55,7 @@ print("stages:", ", ".join(s.name for s in todo))
 # COMMAND ----------
 
 # MAGIC %md
-# MAGIC ## Run each stage (generate, ingest, build-profiles, embed-text, train, evaluate, recommend)
+# MAGIC ## Run each stage (generate, ingest, build-profiles, embed-text, train, evaluate, promote, recommend)
 
 # COMMAND ----------
 

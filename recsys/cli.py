@@ -50,13 +50,16 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _stage_parser(p: argparse.ArgumentParser, stage: stages.Stage) -> None:
     for o in stage.options:
-        p.add_argument(o.flag, dest=o.dest, help=o.help, choices=o.choices)
+        if o.switch:
+            p.add_argument(o.flag, dest=o.dest, help=o.help, action="store_true", default=None)
+        else:
+            p.add_argument(o.flag, dest=o.dest, help=o.help, choices=o.choices)
     _common(p)
 
 
 def _describe(stage: stages.Stage) -> str:
     reads = ", ".join(stage.reads) or "-"
-    writes = ", ".join(stage.writes) or ("MLflow" if stage.name in ("train", "evaluate") else "-")
+    writes = ", ".join(stage.writes) or ("MLflow" if stage.name in ("train", "evaluate", "promote") else "-")
     return f"{stage.help}.\nreads: {reads}\nwrites: {writes}\nspark-submit entry point: {stage.job}"
 
 
@@ -151,7 +154,8 @@ def main(argv: Sequence[str] | None = None, stage: str | None = None) -> int:
         print(f"recsys {command}: error: {e}", file=sys.stderr)
         return e.exit_code
     result.pop("history", None)  # training's per-epoch history is in MLflow
-    print(json.dumps(result, indent=2, default=str))
+    render = stages.get(command).renderer() if command != "demo" else None
+    print(render(result) if render else json.dumps(result, indent=2, default=str))
     return 0
 
 

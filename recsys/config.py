@@ -214,6 +214,17 @@ class NegativeSampler(str, enum.Enum):
     MIXED = "mixed"  # K uniform items plus the batch's own targets, log-Q corrected
 
 
+class Precision(str, enum.Enum):
+    AUTO = "auto"  # bf16 autocast on GPUs that support it, fp32 elsewhere (the CPU)
+    FP32 = "fp32"
+    BF16 = "bf16"  # bf16 autocast on the GPU (the CPU stays fp32)
+
+
+class WarmStart(str, enum.Enum):
+    NONE = ""  # random initial weights
+    CHAMPION = "champion"  # the serving model's weights; new items, categories and brands get fresh rows
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     num_processes: int = 2
@@ -239,6 +250,13 @@ class TrainConfig:
     future_share: float = 0.5
     future_window: int = 5
     max_minutes: float = 30.0  # training time budget: ends mid-epoch, after a last validation (best epoch kept); 0 = no limit
+    precision: Precision = Precision.AUTO
+    # Where rank 0 writes a checkpoint after every epoch (one folder per MLflow run): any
+    # location every training process can open; "" = <lakehouse root>/_checkpoints.
+    checkpoint_dir: str = ""
+    resume: bool = False  # continue the newest interrupted (running or failed) run from its checkpoint
+    resume_run_id: str = ""  # ... or this run (also `recsys train --resume RUN_ID`)
+    warm_start: WarmStart = WarmStart.NONE
 
     def __post_init__(self) -> None:
         if self.max_minutes < 0:
@@ -272,7 +290,28 @@ class TrackingConfig:
     artifact_location: str = ""  # default <root>/_mlflow/artifacts
     experiment: str = "recsys"
     model_name: str = "recsys-sasrec"
-    alias: str = "champion"
+    alias: str = "champion"  # the version that serves: batch scoring and the served model use it
+    challenger_alias: str = "challenger"  # training's new version; `recsys promote` decides if it serves
+
+    def __post_init__(self) -> None:
+        if not self.alias or not self.challenger_alias or self.alias == self.challenger_alias:
+            raise ConfigError("tracking.alias and tracking.challenger_alias must be set and differ, got "
+                              f"{self.alias!r} and {self.challenger_alias!r}")
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    """When ``recsys promote`` moves the champion alias to the challenger (see recsys.promotion)."""
+
+    # The challenger's test NDCG@10 may be this much below the champion's, measured on the
+    # same rows in the same pass, and still be promoted (a retrained model on fresh data
+    # should not lose to yesterday's by noise alone).
+    tolerance: float = 0.001
+    force: bool = False  # promote whatever the figures say (also `recsys promote --force`)
+
+    def __post_init__(self) -> None:
+        if self.tolerance < 0:
+            raise ConfigError(f"promotion.tolerance must be >= 0, got {self.tolerance}")
 
 
 class Exclude(str, enum.Enum):
@@ -342,6 +381,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     # --- derived locations -------------------------------------------------------------

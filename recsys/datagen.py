@@ -44,7 +44,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "search")
+from recsys.events import EVENT_TYPES  # noqa: F401 (re-exported: the generator writes these)
+
 ITEM_EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 MALFORMED_KINDS: tuple[str, ...] = (
     "broken_json",

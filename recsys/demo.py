@@ -98,6 +98,8 @@ def summarise(spark: SparkSession, cfg: Config, reports: dict[str, dict[str, Any
             "model_version": train_report.get("model_version"),
             "epochs_run": train_report.get("epochs_run"),
             "best_epoch": train_report.get("best_epoch"),
+            "promotion": {k: reports["promote"].get(k) for k in ("decision", "reason", "champion_after")}
+            if "promote" in reports else None,
         },
         "metrics": m,
         "ks": list(cfg.evaluation.ks),
@@ -117,6 +119,9 @@ def render(s: dict[str, Any]) -> str:
     ml = s["mlflow"]
     lines += ["", f"MLflow run {ml['run_id']}  ->  model '{ml['model_name']}' version {ml['model_version']}"
                   f"  ({ml['epochs_run']} epochs, best {ml['best_epoch']})"]
+    if ml.get("promotion"):
+        p = ml["promotion"]
+        lines.append(f"Promotion: {p['decision']} ({p['reason']}); champion is version {p['champion_after']}")
     m, ks = s["metrics"], s["ks"]
     header = "".join(f"{f'HR@{k}':>9}{f'NDCG@{k}':>9}" for k in ks) + f"{'MRR':>8}"
     lines += ["", "Test items, full-catalogue ranking, history masked:", f"  {'':<14}{header}"]

@@ -32,6 +32,7 @@ class Option:
     dest: str  # the keyword argument
     help: str
     choices: tuple[str, ...] | None = None
+    switch: bool = False  # a flag without a value (True when given)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Stage:
     needs_spark: bool = True  # False: the function gets spark=None (it starts one only if it must)
     pipeline: bool = True  # part of the end-to-end pipeline (demo, notebook, bundle), in registry order
     enabled: Callable[[Config], bool] = field(default=lambda cfg: True, compare=False)
+    render: str = ""  # "module:function" turning the report into text for the command line ("" = JSON)
 
     @property
     def job(self) -> str:
@@ -53,6 +55,12 @@ class Stage:
 
     def function(self) -> Callable[..., dict[str, Any]]:
         module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def renderer(self) -> Callable[[dict[str, Any]], str] | None:
+        if not self.render:
+            return None
+        module, name = self.render.split(":")
         return getattr(importlib.import_module(module), name)
 
     def locations(self, cfg: Config) -> dict[str, dict[str, str]]:
@@ -82,11 +90,17 @@ STAGES: tuple[Stage, ...] = (
           "item text embeddings from the pretrained sentence encoder (new or changed items only)",
           reads=("catalog",), writes=("item_text_embeddings",), enabled=lambda cfg: cfg.features.text_embeddings),
     Stage("train", "recsys.training.launch:train",
-          "train the sequential recommender with TorchDistributor; log and register it in MLflow",
-          reads=("training_examples", "item_profiles", "item_text_embeddings")),
+          "train the sequential recommender with TorchDistributor; log and register it in MLflow as the challenger",
+          reads=("training_examples", "item_profiles", "item_text_embeddings"),
+          options=(Option("--resume", "resume_run_id", "continue this interrupted MLflow run from its last checkpoint"),)),
     Stage("evaluate", "recsys.evaluation.evaluate:evaluate",
           "full-catalogue ranking metrics of the model and the baselines on the held-out items",
           reads=("training_examples", "item_profiles")),
+    Stage("promote", "recsys.promotion:promote",
+          "make the challenger the champion if it beats it (and most-popular) on the test figures",
+          needs_spark=False, options=(Option("--force", "force", "promote whatever the figures", switch=True),)),
+    Stage("compare", "recsys.promotion:compare", "print the challenger and the champion side by side",
+          needs_spark=False, pipeline=False, render="recsys.promotion:render_comparison"),
     Stage("recommend", "recsys.scoring.batch:recommend", "top-K recommendations with a reason for every user",
           reads=("user_profiles", "item_profiles"), writes=("recommendations",)),
     Stage("forget-user", "recsys.forget:forget_user", "erase one user from every table (GDPR article 17)",

@@ -11,11 +11,7 @@ from pyspark.sql import types as T
 from recsys import storage
 from recsys.config import Config
 from recsys.errors import MissingTableError
-
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "search")
-# Index 0 is padding in the model's event-type embedding.
-EVENT_TYPE_INDEX = {t: i + 1 for i, t in enumerate(EVENT_TYPES)}
-FUNNEL_RANK = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 4}
+from recsys.events import EVENT_TYPES
 
 # Raw files are read against these schemas, never inferred per file.
 RAW_EVENT_SCHEMA = T.StructType(

@@ -34,8 +34,21 @@ def setup_from_config(cfg: Config) -> str:
     return setup_mlflow(cfg.tracking_uri, cfg.artifact_location, cfg.tracking.experiment)
 
 
-def resolve_model_uri(cfg: Config) -> tuple[str, str]:
-    """``(models:/name/version, version)`` of the model to use: scoring.model_version or the alias.
+def registered_version(cfg: Config, alias: str) -> Any | None:
+    """The ModelVersion behind ``alias`` of ``tracking.model_name``, or None if there is none."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    setup_from_config(cfg)
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(cfg.tracking.model_name, alias)
+    except MlflowException:
+        return None
+
+
+def resolve_model_uri(cfg: Config, alias: str | None = None) -> tuple[str, str]:
+    """``(models:/name/version, version)`` of the model to use: ``scoring.model_version`` if
+    set, else the version behind ``alias`` (default ``tracking.alias``, the champion).
 
     Raises:
         NoModelError: no model is registered yet under that name or alias.
@@ -46,14 +59,15 @@ def resolve_model_uri(cfg: Config) -> tuple[str, str]:
     setup_from_config(cfg)
     client = mlflow.MlflowClient()
     name = cfg.tracking.model_name
+    alias = alias or cfg.tracking.alias
     try:
         if cfg.scoring.model_version:
             version = client.get_model_version(name, cfg.scoring.model_version).version
         else:
-            version = client.get_model_version_by_alias(name, cfg.tracking.alias).version
+            version = client.get_model_version_by_alias(name, alias).version
     except MlflowException as e:
         raise NoModelError(
-            f"no registered model '{name}' (alias '{cfg.tracking.alias}' / version "
+            f"no registered model '{name}' (alias '{alias}' / version "
             f"'{cfg.scoring.model_version or '-'}') in {cfg.tracking_uri}: run `recsys train` first"
         ) from e
     return f"models:/{name}/{version}", str(version)

@@ -23,7 +23,8 @@ from pyspark.sql import types as T
 from recsys.config import Config, ConfigError, EvaluationProtocol
 from recsys.errors import DataError
 from recsys.evaluation.baselines import Scorer, fit_baselines
-from recsys.models.loading import load_model_cached, pad_left
+from recsys.models.loading import pad_left
+from recsys.models.serving import load_network
 from recsys.reports import write_report
 from recsys.tables import read_table
 from recsys.tracking import resolve_model_uri
@@ -37,22 +38,22 @@ SPLITS = ("validation", "test")
 
 
 class ModelScorer(Scorer):
-    """The registered transformer: the last position's hidden state · every item vector."""
+    """A registered model: the last position's hidden state · every item vector. ``name`` is
+    "model" for the version under evaluation and "champion" for the serving one beside it."""
 
-    name = "model"
-
-    def __init__(self, model_uri: str, tracking_uri: str) -> None:
+    def __init__(self, model_uri: str, tracking_uri: str, name: str = "model") -> None:
         self.model_uri = model_uri
         self.tracking_uri = tracking_uri
+        self.name = name
         self._vectors = None  # (N+1, d) item vectors, computed once per task in the worker
 
     def __getstate__(self) -> dict:
-        return {"model_uri": self.model_uri, "tracking_uri": self.tracking_uri, "_vectors": None}
+        return {"model_uri": self.model_uri, "tracking_uri": self.tracking_uri, "name": self.name, "_vectors": None}
 
     def scores(self, part: pd.DataFrame):
         import torch
 
-        model = load_model_cached(self.model_uri, self.tracking_uri)
+        model, _ = load_network(self.model_uri, self.tracking_uri)
         if self._vectors is None:
             self._vectors = model.item_vectors()
         L = model.spec.max_len
@@ -97,19 +98,45 @@ def rank_partition(scorers: Sequence[Scorer], num_columns: int, batch_size: int,
     return fn
 
 
+def models_to_evaluate(cfg: Config) -> list[tuple[str, str, str]]:
+    """``[(scorer name, model URI, version)]``: "model" is ``scoring.model_version`` if set,
+    else the challenger (training's newest version), else the champion; "champion" is the
+    serving version beside it when that is another one.
+
+    Raises:
+        NoModelError: no model is registered.
+    """
+    from recsys.tracking import registered_version
+
+    if cfg.scoring.model_version or registered_version(cfg, cfg.tracking.challenger_alias) is None:
+        uri, version = resolve_model_uri(cfg)
+    else:
+        uri, version = resolve_model_uri(cfg, cfg.tracking.challenger_alias)
+    out = [("model", uri, version)]
+    champion = registered_version(cfg, cfg.tracking.alias)
+    if champion is not None and str(champion.version) != version:
+        out.append(("champion", f"models:/{cfg.tracking.model_name}/{champion.version}", str(champion.version)))
+    return out
+
+
 def evaluate(spark: SparkSession, cfg: Config, *, split: str = "test", with_model: bool = True) -> dict[str, Any]:
     """HR@K / NDCG@K / MRR of the registered model and of ``cfg.evaluation.baselines`` on ``split``.
 
     All scorers rank the full catalogue of the same rows with the same mask, in one pass,
-    under ``evaluation.protocol`` (:mod:`recsys.metrics`). The baselines are
-    fitted on training steps only (:mod:`recsys.evaluation.baselines`).
-    ``report["metrics"]`` maps each scorer ("model", "popularity", "cooccurrence", "als") to
-    its :func:`~recsys.metrics.metrics_from_ranks` figures, ``report["protocol"]``
-    names the protocol. They are logged to the MLflow run that trained the model, or without
-    a model (``with_model=False``) to a new run of their own, and written as a report
-    (``evaluate-*.json``). The headline protocol's metrics are ``<split>_<scorer>_<metric>``,
-    the unmasked protocol's ``<split>_unmasked_<scorer>_<metric>`` and its reports
-    ``evaluate_unmasked-*.json``, so the two are never mixed.
+    under ``evaluation.protocol`` (:mod:`recsys.metrics`). The model is the challenger
+    (training's newest version; see :func:`models_to_evaluate`), and the champion is scored
+    beside it when it is another version, with most-popular always among the baselines:
+    ``recsys promote`` decides on these figures. The baselines are fitted on training steps
+    only (:mod:`recsys.evaluation.baselines`).
+    ``report["metrics"]`` maps each scorer ("model", "champion", "popularity",
+    "cooccurrence", "als") to its :func:`~recsys.metrics.metrics_from_ranks` figures,
+    ``report["protocol"]`` names the protocol. They are logged to the MLflow run that trained
+    the model, or without a model (``with_model=False``) to a new run of their own, and
+    written as a report (``evaluate-*.json``). The headline protocol's metrics are
+    ``<split>_<scorer>_<metric>``, the unmasked protocol's ``<split>_unmasked_<scorer>_<metric>``
+    and its reports ``evaluate_unmasked-*.json``, so the two are never mixed. The headline
+    test figures are also recorded as tags of the evaluated version
+    (:func:`recsys.promotion.record_evaluation`).
 
     Raises:
         ValueError: ``split`` is not validation/test, or there is nothing to evaluate.
@@ -127,14 +154,17 @@ def evaluate(spark: SparkSession, cfg: Config, *, split: str = "test", with_mode
     headline = protocol is EvaluationProtocol.HISTORY_MASKED
     prefix = f"{split}_" if headline else f"{split}_{protocol.value}_"
     baselines = list(dict.fromkeys(b.value for b in cfg.evaluation.baselines))
+    if with_model and "popularity" not in baselines:
+        baselines.append("popularity")  # promotion requires the model to beat most-popular
     if not with_model and not baselines:
         raise ConfigError("nothing to evaluate: with_model=False and config key 'evaluation.baselines' is empty")
     examples = read_table(spark, cfg, "training_examples")
     num_items = read_table(spark, cfg, "item_profiles").agg(F.max("item_idx")).first()[0]
     if not num_items:
         raise DataError("item_profiles is empty: run `recsys build-profiles` first")
-    model_uri, version = resolve_model_uri(cfg) if with_model else (None, None)
-    scorers: list[Scorer] = [ModelScorer(model_uri, cfg.tracking_uri)] if model_uri else []
+    models = models_to_evaluate(cfg) if with_model else []
+    model_uri, version = (models[0][1], models[0][2]) if models else (None, None)
+    scorers: list[Scorer] = [ModelScorer(uri, cfg.tracking_uri, name) for name, uri, _ in models]
     scorers += fit_baselines(spark, examples, num_items, baselines, cfg.evaluation, cfg.train.seed)
     rows = examples.where(F.col("split") == split).select("user_id", "input_items", "input_types", "target", "history_items")
     for scorer in scorers:
@@ -147,7 +177,8 @@ def evaluate(spark: SparkSession, cfg: Config, *, split: str = "test", with_mode
     by_scorer = dict(tuple(ranks.groupby("scorer")))
     metrics = {s.name: metrics_from_ranks(by_scorer[s.name]["rank"].to_numpy(), cfg.evaluation.ks) for s in scorers}
     report: dict[str, Any] = {"split": split, "protocol": protocol.value, "model_uri": model_uri,
-                              "model_version": version, "metrics": metrics}
+                              "model_version": version, "metrics": metrics,
+                              "champion_version": models[1][2] if len(models) > 1 else None}
     experiment_id = setup_from_config(cfg)
     # The figures go to the training run that produced the model (else to a run of their own).
     train_run = None
@@ -159,5 +190,10 @@ def evaluate(spark: SparkSession, cfg: Config, *, split: str = "test", with_mode
         for scorer, m in metrics.items():
             mlflow.log_metrics({f"{prefix}{scorer}_{k}": float(v) for k, v in m.items()})
         report["mlflow_run_id"] = run.info.run_id
+    if version is not None and headline and split == "test":
+        from recsys.promotion import record_evaluation
+
+        ndcg10 = {s.name: metrics_from_ranks(by_scorer[s.name]["rank"].to_numpy(), [10])["ndcg_at_10"] for s in scorers}
+        record_evaluation(cfg, version, ndcg10, report["champion_version"])
     write_report(cfg, "evaluate" if headline else "evaluate_unmasked", report)
     return report

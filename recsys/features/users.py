@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import WindowSpec
 
 from recsys.features.items import item_events
-from recsys.tables import EVENT_TYPE_INDEX, FUNNEL_RANK
+from recsys.events import EVENT_TYPE_INDEX, FUNNEL_RANK
 
 COUNT_COLUMNS = [f"n_{t}" for t in EVENT_TYPE_INDEX]
 

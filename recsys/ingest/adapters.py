@@ -48,9 +48,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
 
 from recsys.errors import MissingInputError, UsageError
+from recsys.events import EVENT_TYPES
 
-# Same values as recsys.tables.EVENT_TYPES; repeated here so this module does not import Spark.
-EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "search")
 FORMATS: tuple[str, ...] = ("sequences", "diginetica", "csv")
 SUBFOLDERS: tuple[str, ...] = ("events", "catalog", "users")
 LINES_PER_FILE = 50_000  # events per landing file: enough files for Spark to read in parallel

@@ -14,7 +14,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys.config import Config, ConfigError
-from recsys.models.loading import load_model_cached, pad_left
+from recsys.models.loading import pad_left
+from recsys.models.serving import exclusion_mask, load_network, rank_catalogue
 from recsys.reports import write_report
 from recsys.tables import read_table, table_exists, write_table
 from recsys.tracking import resolve_model_uri
@@ -37,48 +38,34 @@ def recommend_partition(model_uri: str, tracking_uri: str, top_k: int, batch_siz
     purchased_item_idx) → top-K rows with the history item that best explains each.
 
     ``exclude``: "purchased" masks the items the user bought; "interacted" masks every item
-    in the user's history (viewed, clicked, carted or bought)."""
+    in the user's history (viewed, clicked, carted or bought). The network, the exclusion
+    masks and the ranking are those of the served model (:mod:`recsys.models.serving`)."""
 
     def fn(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
 
-        model = load_model_cached(model_uri, tracking_uri)
+        model, _ = load_network(model_uri, tracking_uri)
         L = model.spec.max_len
         with torch.no_grad():
             vectors = model.item_vectors()  # (N+1, H), computed once per partition
-            unit = torch.nn.functional.normalize(vectors, dim=1)
             for pdf in frames:
                 for start in range(0, len(pdf), batch_size):
                     part = pdf.iloc[start:start + batch_size]
                     items = torch.from_numpy(pad_left(part["seq_item_idx"].tolist(), L))
                     types = torch.from_numpy(pad_left(part["seq_type_idx"].tolist(), L))
-                    # Items added to the catalogue after the model was trained are unknown to it.
-                    unknown = items > model.spec.num_items
-                    items, types = items.masked_fill(unknown, 0), types.masked_fill(unknown, 0)
-                    h = model.encode(items, types, vectors)[:, -1]
-                    scores = h @ vectors.T  # (B, N+1)
-                    scores[:, 0] = float("-inf")
-                    excluded = part["purchased_item_idx"] if exclude == "purchased" else part["seq_item_idx"]
-                    for i, seen in enumerate(excluded.tolist()):
-                        if seen is not None and len(seen):
-                            seen = torch.as_tensor(list(seen), dtype=torch.long)
-                            scores[i, seen[seen <= model.spec.num_items]] = float("-inf")
-                    k = min(top_k, scores.shape[1] - 1)
-                    top_scores, top_items = scores.topk(k, dim=1)  # (B, k)
-                    # Explanation: the history item most similar (cosine of item vectors) to each pick.
-                    sim = unit[top_items] @ unit[items].transpose(1, 2)  # (B, k, L)
-                    sim = sim.masked_fill((items == 0)[:, None, :], float("-inf"))
-                    # An item is no explanation of itself, unless it is all the history there is.
-                    sim = sim.masked_fill(items[:, None, :] == top_items[:, :, None], -2.0)
-                    reason = items.gather(1, sim.argmax(dim=2))  # (B, k)
-                    B = len(part)
-                    yield pd.DataFrame({
+                    seen = part["purchased_item_idx"] if exclude == "purchased" else part["seq_item_idx"]
+                    excluded = exclusion_mask(seen.tolist(), model.spec.num_items + 1)
+                    top_items, top_scores, reason = rank_catalogue(model, vectors, items, types, excluded, top_k)
+                    B, k = top_items.shape
+                    out = pd.DataFrame({
                         "user_id": np.repeat(part["user_id"].to_numpy(), k),
                         "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), B),
                         "item_idx": top_items.reshape(-1).numpy().astype(np.int32),
                         "score": top_scores.reshape(-1).numpy().astype(np.float32),
                         "reason_item_idx": reason.reshape(-1).numpy().astype(np.int32),
                     })
+                    # A user who excluded nearly the whole catalogue gets fewer than K rows.
+                    yield out[np.isfinite(out["score"].to_numpy())]
 
     return fn
 

@@ -30,9 +30,13 @@ class TrainJob:
     validation_set: Any  # ShardedExamples
     num_negatives: int = 0  # the loss's sampled negatives for this catalogue (0 = full softmax), see sampled_negatives
     item_target_counts: list[int] | None = None  # (N+1,): the mixed sampler's log-Q correction
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # model_name and alias to register under
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # model_name and challenger_alias to register under
     tracking_uri: str = ""
     run_id: str = ""  # "" = no MLflow: nothing logged or registered
+    item_ids: list[str | None] | None = None  # (N+1,) raw item id of each item_idx: the served model's vocabulary
+    checkpoint_dir: str = ""  # where rank 0 writes a checkpoint after every epoch ("" = none); see checkpoints
+    resume: bool = False  # continue from the checkpoint in checkpoint_dir
+    warm_state: dict | None = None  # initial weights (a warm start from the champion), else random
 
     @property
     def max_seconds(self) -> float:
@@ -158,7 +162,17 @@ def train_worker(job: TrainJob) -> dict:
     torch.set_num_threads(tc.torch_threads)
     torch.manual_seed(tc.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
 
-    model = build_model(job.model, job.catalogue, job.max_len).to(device)
+    from recsys.training import checkpoints
+
+    model = build_model(job.model, job.catalogue, job.max_len)
+    resumed = checkpoints.load(job.checkpoint_dir) if job.resume and job.checkpoint_dir else None
+    if job.resume and resumed is None:
+        raise RuntimeError(f"no checkpoint to resume from in {job.checkpoint_dir}")
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+    elif job.warm_state is not None:
+        model.load_state_dict(job.warm_state)
+    model = model.to(device)
     # From here on each rank draws its own dropout masks and sampled negatives: with one seed
     # the ranks' equal-length batches got identical masks and identical negatives.
     torch.manual_seed(tc.seed + 1 + rank)
@@ -179,6 +193,8 @@ def train_worker(job: TrainJob) -> dict:
     rank_batch = max(1, tc.batch_size // world)  # the config requires a multiple of world
     steps_per_epoch = max(1, math.ceil(job.train_set.rows / tc.batch_size))
     total_steps = steps_per_epoch * tc.epochs
+    precision = tc.precision.value if hasattr(tc.precision, "value") else str(tc.precision)
+    bf16 = gpu and (precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()))
 
     mlflow = None
     if rank == 0 and job.run_id:
@@ -195,7 +211,8 @@ def train_worker(job: TrainJob) -> dict:
         # Called through the DDP wrapper (when there is one) so its gradient all-reduce fires.
         items, types, targets = trim_padding(batch["input_items"], batch["input_types"], batch["target_items"])
         targets = future_targets(targets, tc.future_share, tc.future_window)
-        return net(items.to(device), types.to(device), targets.to(device))
+        with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            return net(items.to(device), types.to(device), targets.to(device))
 
     def validate() -> tuple[float, float]:
         model.eval()
@@ -220,6 +237,32 @@ def train_worker(job: TrainJob) -> dict:
 
     history: list[dict] = []
     best = {"ndcg": -1.0, "epoch": 0, "state": None}
+    step, bad_epochs, first_epoch, elapsed_before = 0, 0, 1, 0.0
+    if resumed is not None:
+        opt.load_state_dict(resumed["optimizer"])
+        if average is not None and resumed.get("average") is not None:
+            for a, v in zip(average.shadow, resumed["average"]):
+                a.copy_(v)
+            average.updates = resumed["average_updates"]
+        history, best, bad_epochs = resumed["history"], resumed["best"], resumed["bad_epochs"]
+        step, first_epoch, elapsed_before = resumed["step"], resumed["epoch"] + 1, resumed["elapsed"]
+        if rank < len(resumed["rng"]):
+            torch.set_rng_state(resumed["rng"][rank])
+
+    def checkpoint(epoch: int) -> None:
+        """Every rank hands over its RNG state; rank 0 writes the checkpoint."""
+        rngs = [torch.get_rng_state()]
+        if distributed:
+            rngs = [None] * world
+            dist.all_gather_object(rngs, torch.get_rng_state())
+        if rank == 0:
+            state = {"epoch": epoch, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "average": average.shadow if average is not None else None,
+                     "average_updates": average.updates if average is not None else 0,
+                     "best": best, "bad_epochs": bad_epochs, "history": history,
+                     "elapsed": time.time() - t0, "rng": rngs}
+            checkpoints.save(job.checkpoint_dir, state, {"epoch": epoch, "step": step, "best_epoch": best["epoch"],
+                                                         "best_val_ndcg_at_10": best["ndcg"]})
     def out_of_time(reserve: float) -> bool:
         """True when the budget, less ``reserve`` seconds kept for a validation, is spent."""
         over = torch.tensor([float(time.time() - t0 + reserve >= job.max_seconds)], device=device)
@@ -227,14 +270,14 @@ def train_worker(job: TrainJob) -> dict:
             dist.all_reduce(over, op=dist.ReduceOp.MAX)  # every rank stops at the same step
         return bool(over.item())
 
-    step, bad_epochs, t0, stopped_by = 0, 0, time.time(), "epochs"
+    t0, stopped_by = time.time() - elapsed_before, "epochs"
     validate_seconds = 0.0  # the last validation's duration, kept free at the end of the budget
     stream = job.train_set.batches(rank_batch, rank, world, endless=True, shuffle=True)
     batches = length_bucketed(stream, tc.length_buckets, tc.seed) if tc.length_buckets > 0 else stream
     try:
-        for epoch in range(1, tc.epochs + 1):
+        for epoch in range(first_epoch, tc.epochs + 1):
             model.train()
-            loss_sum, n = 0.0, 0
+            loss_sum, n, t_epoch = 0.0, 0, time.time()
             for i in range(steps_per_epoch):
                 # The time budget ends training mid-epoch, every TIME_CHECK_STEPS steps (one
                 # all-reduce of a flag), leaving room for the last epoch's validation.
@@ -257,6 +300,7 @@ def train_worker(job: TrainJob) -> dict:
             if n == 0:  # the budget ran out on this epoch's first step: nothing new to validate
                 break
             t_val = time.time()
+            examples_per_second = n * rank_batch * world / max(t_val - t_epoch, 1e-9)
             # With a weight average, it is what is validated and kept.
             with average.swapped() if average is not None else contextlib.nullcontext():
                 ndcg, hr = validate()
@@ -266,11 +310,14 @@ def train_worker(job: TrainJob) -> dict:
                             "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             validate_seconds = time.time() - t_val
             rec = {"epoch": epoch, "train_loss": loss_sum / n, "val_ndcg_at_10": ndcg, "val_hr_at_10": hr,
-                   "seconds": time.time() - t0, "steps": n}
+                   "seconds": time.time() - t0, "steps": n, "examples_per_second": examples_per_second,
+                   "lr": opt.param_groups[0]["lr"]}
             history.append(rec)
             if mlflow is not None:
                 mlflow.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=epoch)
             bad_epochs = 0 if improved else bad_epochs + 1
+            if job.checkpoint_dir:
+                checkpoint(epoch)
             if stopped_by == "time":
                 break
             if bad_epochs >= tc.patience:  # same decision on every rank: ndcg was all-reduced
@@ -281,6 +328,9 @@ def train_worker(job: TrainJob) -> dict:
 
     summary: dict[str, Any] = {
         "epochs_run": len(history),
+        "resumed_from_epoch": first_epoch - 1 if resumed is not None else None,
+        "precision": "bf16" if bf16 else "fp32",
+        "device": str(device),
         "stopped_by": stopped_by,
         "rank_batch_size": rank_batch,
         "best_epoch": best["epoch"],
@@ -289,6 +339,8 @@ def train_worker(job: TrainJob) -> dict:
         "history": history,
         "world_size": world,
     }
+    if best["state"] is None:
+        raise RuntimeError("training ended before its first validation: raise train.max_minutes or train.epochs")
     if rank == 0:
         model.load_state_dict(best["state"])
         model.cpu().eval()
@@ -298,26 +350,35 @@ def train_worker(job: TrainJob) -> dict:
             summary["log_model_seconds"] = time.time() - t_log
             mlflow.end_run()
     if distributed:
+        # Every rank returns rank 0's summary: with local_mode=True each rank writes the result
+        # file and the last one wins, and only rank 0 knows the registered version.
+        shared = [summary if rank == 0 else None]
+        dist.broadcast_object_list(shared, src=0, device=device if gpu else None)
+        summary = shared[0]
         dist.barrier()
         dist.destroy_process_group()
     return summary
 
 
 def _log_model(mlflow, model, job: TrainJob, summary: dict) -> dict:
-    """Log the best model to the run, register it and point the alias at the new version."""
+    """Log the best model to the run, register it and point the challenger alias at the new
+    version (``recsys promote`` decides whether it becomes the champion)."""
     mlflow.log_metrics({"best_val_ndcg_at_10": summary["best_val_ndcg_at_10"], "best_epoch": summary["best_epoch"],
                         "train_seconds": summary["train_seconds"], "epochs_run": summary["epochs_run"]})
     mlflow.set_tag("stopped_by", summary["stopped_by"])
     mlflow.log_dict(model.spec.to_dict(), "model_spec.json")
-    info = mlflow.pytorch.log_model(
-        model, name="model", serialization_format="pickle", registered_model_name=job.tracking.model_name or None,
-        pip_requirements=[],
-    )
+    import tempfile
+    from pathlib import Path
+
+    from recsys.models.serving import log_recommender
+
+    item_ids = job.item_ids or [None, *map(str, range(1, model.spec.num_items + 1))]
+    with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
+        info = log_recommender(model, item_ids, job.tracking.model_name, Path(tmp))
     out = {"model_uri": info.model_uri, "run_id": job.run_id}
     version = getattr(info, "registered_model_version", None)
     if job.tracking.model_name and version is not None:
         client = mlflow.MlflowClient()
-        if job.tracking.alias:
-            client.set_registered_model_alias(job.tracking.model_name, job.tracking.alias, version)
+        client.set_registered_model_alias(job.tracking.model_name, job.tracking.challenger_alias, version)
         out["model_version"] = str(version)
     return out

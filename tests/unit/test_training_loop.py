@@ -1,6 +1,7 @@
 """The training loop: length buckets that keep DDP ranks in step, the time budget, the
 weight average, future targets, and training on mixed negatives."""
 
+import pytest
 import torch
 
 from recsys.config import ModelConfig, TrainConfig
@@ -151,3 +152,84 @@ def test_future_targets_draw_from_the_next_steps_within_the_window():
     half = torch.stack([future_targets(targets, 0.5, 3, gen) for _ in range(2000)])
     moved = (half[:, 0, 2] != 11).double().mean().item()
     assert abs(moved - 0.5 * 2 / 3) < 0.05  # half are redrawn, and 2 of 3 redraws move
+
+
+class CrashingExamples(InMemoryExamples):
+    """The same rows, but the training stream dies after ``crash_after`` batches (a killed job)."""
+
+    def __init__(self, items, targets, crash_after: int) -> None:
+        super().__init__(items, targets)
+        self.crash_after = crash_after
+
+    def batches(self, batch_size, rank, world, *, endless, shuffle):
+        stream = super().batches(batch_size, rank, world, endless=endless, shuffle=shuffle)
+        if not endless:  # validation
+            yield from stream
+            return
+        for n, batch in enumerate(stream):
+            if n == self.crash_after:
+                raise RuntimeError("killed")
+            yield batch
+
+
+def test_a_crashed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(tmp_path):
+    from recsys.training import checkpoints
+
+    whole = _job(max_seconds=0.0, epochs=4)
+    whole.checkpoint_dir = str(tmp_path / "whole")
+    expected = train_worker(whole)
+
+    crashing = _job(max_seconds=0.0, epochs=4)
+    crashing.checkpoint_dir = str(tmp_path / "crashed")
+    data = crashing.train_set
+    crashing.train_set = CrashingExamples(data.items, data.targets, crash_after=2 * 40 + 7)  # in epoch 3
+    with pytest.raises(RuntimeError, match="killed"):
+        train_worker(crashing)
+    assert checkpoints.summary(crashing.checkpoint_dir)["epoch"] == 2
+
+    crashing.train_set, crashing.resume = data, True
+    resumed = train_worker(crashing)
+    assert resumed["resumed_from_epoch"] == 2 and resumed["epochs_run"] == 4
+    assert [e["epoch"] for e in resumed["history"]] == [1, 2, 3, 4]
+    for a, b in zip(resumed["history"], expected["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_ndcg_at_10"] == pytest.approx(b["val_ndcg_at_10"], rel=1e-5)
+    assert resumed["best_val_ndcg_at_10"] == pytest.approx(expected["best_val_ndcg_at_10"], rel=1e-5)
+    assert checkpoints.summary(crashing.checkpoint_dir)["epoch"] == 4
+
+    fresh = _job(max_seconds=0.0, epochs=4)
+    fresh.checkpoint_dir, fresh.resume = str(tmp_path / "nothing-here"), True
+    with pytest.raises(RuntimeError, match="no checkpoint to resume from"):
+        train_worker(fresh)
+
+
+def test_warm_state_keeps_the_shared_rows_and_gives_new_items_fresh_ones():
+    from recsys.models import build_model
+    from recsys.training.checkpoints import warm_state
+
+    def net(n: int, seed: int):
+        zeros = [0] * (n + 1)
+        cat = Catalogue(num_items=n, category=zeros, brand=zeros, price=zeros, num_categories=0, num_brands=0,
+                        num_price_buckets=0)
+        torch.manual_seed(seed)
+        return build_model(ModelConfig(hidden=8, blocks=1, heads=1, side_features=False, text_features=False), cat, 8)
+
+    old, new = net(20, seed=1), net(25, seed=2)
+    state, counts = warm_state(new, old.state_dict())
+    new.load_state_dict(state)
+    assert counts["rows"] >= 1 and counts["whole"] >= 1 and counts["fresh"] == 0
+    for name, value in new.state_dict().items():
+        before = old.state_dict()[name]
+        if value.shape == before.shape:
+            assert torch.equal(value, before), name
+        else:  # the item rows: the 21 known ones carried over, the 5 new ones as initialised
+            assert torch.equal(value[:21], before[:21]) and torch.equal(value[21:], net(25, seed=2).state_dict()[name][21:])
+
+
+def test_the_epoch_line_says_where_training_is():
+    from recsys.training.monitor import epoch_line
+
+    line = epoch_line(3, 30, {"train_loss": 5.25, "val_ndcg_at_10": 0.0412, "val_hr_at_10": 0.07,
+                              "examples_per_second": 1234.5, "lr": 0.002, "seconds": 90.0}, max_seconds=600)
+    assert line == ("epoch 3/30  loss 5.2500  val NDCG@10 0.0412  HR@10 0.0700  1,234 ex/s  lr 2.00e-03  "
+                    "elapsed 1m30s  ETA 8m30s")  # 27 epochs at 30 s would take 13.5 min; the budget ends first
