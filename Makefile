@@ -8,7 +8,7 @@ ARGS    ?=
 PYTHON  ?= python3.11
 UV      := $(PYTHON) -m uv
 
-.PHONY: setup demo test test-fast clean bench-quality
+.PHONY: setup demo test test-system test-fast clean bench-quality
 setup: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
@@ -28,10 +28,15 @@ demo: setup
 	$(VENV)/bin/recsys demo --config $(CONFIG) $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not system" --durations=15 $(ARGS)
+
+# The system tests (tests/system): the notebook, `mlflow models serve` over HTTP, killed and
+# resumed training. Their own pipeline run; CI runs them after `make test`.
+test-system: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m system --durations=10 $(ARGS) tests/system
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not e2e" $(ARGS)
+	$(PY) -m pytest -q -m "not e2e and not system" $(ARGS)
 
 bench-quality: setup
 	$(PY) bench/quality.py $(ARGS)

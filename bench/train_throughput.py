@@ -8,7 +8,8 @@ The dataset goes through the project's own stages into a scratch lakehouse (impo
 build-profiles), then three measurements of the same model, global batch size and threads:
 
 (a) the limit: a plain single-process PyTorch loop over in-memory tensors (the training rows
-    read once into memory), the same loss, optimiser and gradient clipping, ``--steps`` steps;
+    read once into memory), the same model, global batch, threads, loss, optimiser, gradient
+    clipping and length bucketing (batches pooled and sorted by length, padding cut), ``--steps`` steps;
 (b) the real path: Delta → petastorm → TorchDistributor, 1 process;
 (c) the real path with 2 processes, one thread each.
 
@@ -47,7 +48,7 @@ def plain_loop(spark, cfg, steps: int) -> dict[str, Any]:
     from recsys.models.sasrec import trim_padding
     from recsys.tables import read_table
     from recsys.training.launch import item_catalogue, sampled_negatives
-    from recsys.training.loop import future_targets
+    from recsys.training.loop import future_targets, length_bucketed
 
     tc = cfg.train
     torch.set_num_threads(tc.torch_threads)
@@ -63,11 +64,19 @@ def plain_loop(spark, cfg, steps: int) -> dict[str, Any]:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98), fused=True)
     gen = torch.Generator().manual_seed(tc.seed)
-    order = torch.randperm(len(items), generator=gen)
+
+    def shuffled():  # endless random batches, as petastorm's shuffled stream gives them
+        while True:
+            order = torch.randperm(len(items), generator=gen)
+            for s in range(0, len(order) - tc.batch_size + 1, tc.batch_size):
+                idx = order[s:s + tc.batch_size]
+                yield {"input_items": items[idx], "input_types": types[idx], "target_items": targets[idx]}
+
+    batches = length_bucketed(shuffled(), tc.length_buckets, tc.seed) if tc.length_buckets > 0 else shuffled()
 
     def step(n: int) -> None:
-        idx = order[(n * tc.batch_size) % len(items):][:tc.batch_size]
-        i, t, y = trim_padding(items[idx], types[idx], targets[idx])
+        b = next(batches)
+        i, t, y = trim_padding(b["input_items"], b["input_types"], b["target_items"])
         loss = model(i, t, future_targets(y, tc.future_share, tc.future_window))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -111,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=1.5, help="time budget of each real-path run")
     p.add_argument("--gpu", action="store_true", help="the GPU check: fp32 vs bf16 on every GPU")
     p.add_argument("--out", default=None)
+    p.add_argument("--reuse", action="store_true", help="keep the lakehouse an earlier run of this script built")
+    p.add_argument("--parts", default="a,b,c", help="which measurements (CPU): any of a, b, c")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     dataset = Path(args.dataset).expanduser()
@@ -128,12 +139,15 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging()
     root = Path(args.root).resolve()
-    prepare_root(root)
+    reuse = args.reuse and (root / "gold" / "training_examples").is_dir()
+    if not reuse:
+        prepare_root(root)
     cfg = load_config(REPO / "conf" / "local.yaml", [f"lakehouse.root={root}", *args.overrides])
-    import_dataset(str(dataset), cfg.lakehouse.landing_path, "sequences")
     spark = get_spark(cfg)
-    ingest(spark, cfg, full=True)
-    build_profiles(spark, cfg)
+    if not reuse:
+        import_dataset(str(dataset), cfg.lakehouse.landing_path, "sequences")
+        ingest(spark, cfg, full=True)
+        build_profiles(spark, cfg)
     load_before = loadavg()
     result: dict[str, Any] = {"benchmark": "train_throughput", "dataset": dataset.stem,
                               "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -152,12 +166,19 @@ def main(argv: list[str] | None = None) -> int:
         result["bf16"] = real_path(spark, cfg, gpus, args.minutes, *gpu, "train.precision=bf16")
         result["bf16_over_fp32"] = round(result["bf16"]["examples_per_second"] / result["fp32"]["examples_per_second"], 2)
     else:
-        result["a_plain_loop"] = plain_loop(spark, cfg, args.steps)
-        result["b_one_process"] = real_path(spark, cfg, 1, args.minutes)
-        result["c_two_processes"] = real_path(spark, cfg, 2, args.minutes)
-        a, b, c = (result[k]["examples_per_second"] for k in ("a_plain_loop", "b_one_process", "c_two_processes"))
-        result["b_over_a"] = round(b / a, 2)
-        result["c_over_b"] = round(c / b, 2)
+        parts = set(args.parts.split(","))
+        if "a" in parts:
+            result["a_plain_loop"] = plain_loop(spark, cfg, args.steps)
+        if "b" in parts:
+            result["b_one_process"] = real_path(spark, cfg, 1, args.minutes)
+        if "c" in parts:
+            result["c_two_processes"] = real_path(spark, cfg, 2, args.minutes)
+        ex = {k: result[k]["examples_per_second"] for k in ("a_plain_loop", "b_one_process", "c_two_processes")
+              if k in result}
+        if {"a_plain_loop", "b_one_process"} <= set(ex):
+            result["b_over_a"] = round(ex["b_one_process"] / ex["a_plain_loop"], 2)
+        if {"b_one_process", "c_two_processes"} <= set(ex):
+            result["c_over_b"] = round(ex["c_two_processes"] / ex["b_one_process"], 2)
     result.update(machine=machine_info(), versions=versions(), loadavg_before=load_before, loadavg_after=loadavg(),
                   command="python " + " ".join(shlex.quote(x) for x in ["bench/train_throughput.py", *argv]))
     out = Path(args.out or REPO / "bench" / "results" / ("gpu-check.json" if args.gpu else "train-throughput.json"))

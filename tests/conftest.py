@@ -1,8 +1,10 @@
-"""Shared fixtures: one local SparkSession with Delta for the whole run, a config per test."""
+"""Shared fixtures: one local SparkSession with Delta for the whole run, a config per test, and
+``demo_run``: the whole pipeline on tiny generated data, once per test module that asks for it."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -36,3 +38,22 @@ def spark():
 @pytest.fixture
 def cfg(tmp_path: Path) -> Config:
     return make_config(tmp_path / "lakehouse")
+
+
+TINY = ["generator.users=250", "generator.items=120", "generator.days=14", "generator.malformed_rate=0.02",
+        "train.epochs=2", "train.patience=5", "model.hidden=32", "features.max_seq_len=20"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(spark, tmp_path_factory):
+    """(The real Spark, Delta, petastorm, TorchDistributor with 2 processes and MLflow.)
+    One demo run for the module, and a copy of its lakehouse taken before any test changes it."""
+    from recsys.demo import demo
+
+    base = tmp_path_factory.mktemp("demo")
+    # Not the defaults the summary once hard-coded: other K values, another first baseline, top-5.
+    cfg = make_config(base / "lh", *TINY, "scoring.run_date=2026-11-01", "evaluation.ks=[5, 10]",
+                      "evaluation.baselines=[cooccurrence, popularity]", "scoring.top_k=5")
+    summary = demo(cfg, spark)
+    shutil.copytree(cfg.lakehouse.root_path, base / "copy")
+    return cfg, summary, base / "copy"

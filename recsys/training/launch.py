@@ -15,6 +15,7 @@ from recsys.config import Config, ConfigError, NegativeSampler, TrainConfig, War
 from recsys.errors import DataError, UsageError
 from recsys.models import Catalogue
 from recsys.reports import write_report
+from recsys.timing import StepTimer
 from recsys.tables import read_table, table_exists
 from recsys.training.data import materialise
 from recsys.training.loop import TrainJob, train_worker
@@ -206,10 +207,12 @@ def train(spark: SparkSession, cfg: Config, resume_run_id: str | None = None) ->
     from recsys.training.monitor import EpochMonitor
 
     t0 = time.time()
+    steps_t = StepTimer()
     experiment_id = setup_from_config(cfg)
     resuming = resume_target(cfg, experiment_id, resume_run_id)
     examples = read_table(spark, cfg, "training_examples")
     catalogue = item_catalogue(spark, cfg)
+    steps_t.done("catalogue")
     # petastorm's cache of materialised Parquet: under the lakehouse, so every worker reaches it.
     cache = storage.to_url(storage.join(cfg.lakehouse.root_uri, "_petastorm"))
     world = cfg.train.num_processes
@@ -219,6 +222,7 @@ def train(spark: SparkSession, cfg: Config, resume_run_id: str | None = None) ->
     log.info("materialised %d train / %d validation rows for petastorm in %.1fs", train_set.rows, valid_set.rows, time.time() - t0)
     if train_set.rows == 0:
         raise DataError("training_examples has no train rows: generate or ingest more events")
+    steps_t.done("materialise")
 
     num_negatives = sampled_negatives(cfg.train, catalogue.num_items)
     mixed = num_negatives > 0 and cfg.train.negative_sampler == NegativeSampler.MIXED
@@ -246,6 +250,7 @@ def train(spark: SparkSession, cfg: Config, resume_run_id: str | None = None) ->
         # start_run's context ended the run as FINISHED: it is running until the workers end it.
         client.update_run(run_id, status="RUNNING")
     checkpoint_dir = client.get_run(run_id).data.tags[CHECKPOINT_TAG]
+    steps_t.done("mlflow_run")
     job = TrainJob(
         train=cfg.train,
         model=cfg.model,
@@ -263,6 +268,7 @@ def train(spark: SparkSession, cfg: Config, resume_run_id: str | None = None) ->
         resume=bool(resuming),
         warm_state=warm,
     )
+    steps_t.done("job")
     log.info("starting TorchDistributor: %d processes, local_mode=%s, use_gpu=%s", world, cfg.train.local_mode, cfg.train.use_gpu)
     t1 = time.time()
     distributor = TorchDistributor(num_processes=world, local_mode=cfg.train.local_mode, use_gpu=cfg.train.use_gpu)
@@ -281,8 +287,11 @@ def train(spark: SparkSession, cfg: Config, resume_run_id: str | None = None) ->
         train_set.delete()
         valid_set.delete()
     log.info("distributed training finished in %.1fs (loop %.1fs)", time.time() - t1, summary.get("train_seconds", 0.0))
+    steps_t.done("distributed")
     summary.update(run_id=run_id, loss=loss_name, train_rows=train_set.rows, checkpoint_dir=checkpoint_dir, **warm_info)
     log_training_artifacts(spark, cfg, run_id, summary)
+    steps_t.done("artifacts")
+    summary["step_seconds"] = steps_t.seconds
     write_report(cfg, "train", summary)
     return summary
 
