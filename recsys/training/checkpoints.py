@@ -53,29 +53,29 @@ def save(folder: str, state: dict[str, Any], summary: dict[str, Any]) -> None:
         f.write(json.dumps(summary))
 
 
-def load(folder: str) -> dict[str, Any] | None:
-    """The checkpoint in ``folder``, or None if there is none."""
+def _read(folder: str, name: str) -> bytes | None:
     import fsspec
-    import torch
 
     fs, path = fsspec.core.url_to_fs(_fs_url(folder))
-    target = _join(path, CHECKPOINT)
+    target = _join(path, name)
     if not fs.exists(target):
         return None
     with fs.open(target, "rb") as f:
-        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+        return f.read()
+
+
+def load(folder: str) -> dict[str, Any] | None:
+    """The checkpoint in ``folder``, or None if there is none."""
+    import torch
+
+    data = _read(folder, CHECKPOINT)
+    return None if data is None else torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
 def summary(folder: str) -> dict[str, Any] | None:
     """``checkpoint.json`` of ``folder`` (epoch, best score), or None."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(_fs_url(folder))
-    target = _join(path, SUMMARY)
-    if not fs.exists(target):
-        return None
-    with fs.open(target, "r") as f:
-        return json.loads(f.read())
+    data = _read(folder, SUMMARY)
+    return None if data is None else json.loads(data)
 
 
 def warm_state(model, trained: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
