@@ -193,7 +193,7 @@ def train_worker(job: TrainJob) -> dict:
     rank_batch = max(1, tc.batch_size // world)  # the config requires a multiple of world
     steps_per_epoch = max(1, math.ceil(job.train_set.rows / tc.batch_size))
     total_steps = steps_per_epoch * tc.epochs
-    precision = tc.precision.value if hasattr(tc.precision, "value") else str(tc.precision)
+    precision = tc.precision.value
     bf16 = gpu and (precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()))
 
     mlflow = None
