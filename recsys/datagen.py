@@ -17,7 +17,13 @@ baseline and their metrics mean something:
 * sessions that stay within one leaf, and "complementary next" leaves: after buying a serum
   the next session likely browses moisturisers;
 * a view → click → add_to_cart → purchase funnel per item, seconds apart, and rare repeats of
-  items from earlier sessions (evaluation masks history items, so repeats are unreachable).
+  items from earlier sessions (evaluation masks history items, so repeats are unreachable);
+* searches at the start of some sessions, describing the item the user then views (chosen by
+  their tastes, so which of the many matching items a searcher engages with is learnable):
+  mostly the bare product noun ("serum"), often with one of the item's adjectives or
+  attributes ("vitamin c serum"), sometimes its brand, rarely three parts, so a few queries are
+  very frequent and most are rare; with everyday synonyms ("trainers"), typos ("seurm") and
+  the odd capitalisation, spacing or punctuation ("  Vitamin C Serum!") to normalise.
 
 A share ``malformed_rate`` of the event lines is deliberately broken in one of
 :data:`MALFORMED_KINDS` ways so that ingest validation has something to quarantine. Broken
@@ -25,13 +31,15 @@ lines are *extra* lines next to good ones: removing them leaves a clean, consist
 
 Everything is drawn from ``seed`` (numpy for bulk draws, :class:`random.Random` for the
 scalar-heavy session loop because it is much faster per draw), so a seed gives the same files
-byte for byte. Independent random streams are used for the catalogue, users, sessions and
-malformed lines, so e.g. changing ``malformed_rate`` does not change the good events.
+byte for byte. Independent random streams are used for the catalogue, users, sessions,
+search wording and malformed lines, so e.g. changing ``malformed_rate`` does not change the
+good events, nor the query knobs any event but the searches' text.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import random
@@ -175,6 +183,53 @@ TAXONOMY: tuple[Leaf, ...] = (
           "Terracotta, Ceramic, Wooden, Recycled Plastic, Concrete", "Small, Medium, Large", "Seeds"),
 )
 
+# Everyday alternatives a shopper types for a leaf's noun (``Leaf.name``): synonyms and the
+# other grammatical number. Many share no word with the item's title, so matching them takes
+# more than word overlap.
+QUERY_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "Serum": ("face serum", "serums"),
+    "Moisturiser": ("moisturizer", "face cream", "moisturisers"),
+    "Shampoo": ("hair wash", "shampoos"),
+    "Conditioner": ("hair conditioner", "conditioners"),
+    "Headphones": ("earphones", "headset", "headphone"),
+    "Speaker": ("loudspeaker", "speakers"),
+    "Smartphone": ("mobile phone", "cell phone", "smartphones"),
+    "Phone Case": ("phone cover", "phone cases"),
+    "Charger": ("power adapter", "chargers"),
+    "Coffee Maker": ("coffee machine", "coffee makers"),
+    "Mug": ("cup", "mugs"),
+    "Duvet": ("comforter", "quilt", "duvets"),
+    "Pillow": ("bed pillow", "pillows"),
+    "Sneakers": ("trainers", "sneaker"),
+    "Socks": ("sock",),
+    "T-Shirt": ("tee", "tshirt", "t-shirts"),
+    "Backpack": ("rucksack", "backpacks"),
+    "Yoga Mat": ("exercise mat", "yoga mats"),
+    "Resistance Bands": ("exercise bands", "resistance band"),
+    "Tent": ("camping tent", "tents"),
+    "Sleeping Bag": ("sleeping bags",),
+    "Novel": ("fiction book", "novels"),
+    "Thriller": ("crime novel", "thrillers"),
+    "Cookbook": ("recipe book", "cookbooks"),
+    "Building Set": ("building blocks", "building sets"),
+    "Board Game": ("tabletop game", "board games"),
+    "Puzzle": ("puzzles",),
+    "Coffee Beans": ("whole bean coffee", "coffee bean"),
+    "Granola": ("muesli",),
+    "Olive Oil": ("cooking oil", "evoo"),
+    "Dog Food": ("dog kibble",),
+    "Dog Toy": ("chew toy", "dog toys"),
+    "Cat Food": ("cat kibble",),
+    "Cat Litter": ("kitty litter",),
+    "Pruner": ("secateurs", "pruning shears", "pruners"),
+    "Garden Gloves": ("gardening gloves", "work gloves"),
+    "Seeds": ("plant seeds", "seed"),
+    "Planter": ("plant pot", "flower pot", "planters"),
+}
+
+# QWERTY rows and their horizontal offsets, for "neighbouring key" typos.
+_KEY_ROWS: tuple[tuple[str, float], ...] = (("qwertyuiop", 0.0), ("asdfghjkl", 0.25), ("zxcvbnm", 0.75))
+
 BRAND_NAMES: tuple[str, ...] = (
     "Lumina", "Nordvik", "Aurelia", "Kestrel", "Solace", "Verdant", "Halcyon", "Brightwell",
     "Oakhurst", "Tidewater", "Emberly", "Quartzline", "Pinecrest", "Northstar", "Bluefin",
@@ -216,6 +271,13 @@ ITEMS_PER_SESSION_EXTRA = 3.5  # items viewed per session = 1 + Poisson(this), c
 MAX_ITEMS_PER_SESSION = 10
 FIRST_SESSION_MIN_ITEMS = 3  # a new visitor browses a bit, so every user has >= 3 items
 SEARCH_PROB = 0.35  # sessions that start with a search
+# A query's form: noun / modifier + noun / brand + noun / three parts. A modifier is one of the
+# item's adjective, attribute or (word) variant, with these weights.
+QUERY_FORM_PROBS = (0.50, 0.32, 0.11, 0.07)
+QUERY_MODIFIER_WEIGHTS = (0.40, 0.45, 0.15)
+QUERY_SYNONYM_PROB = 0.15  # the noun is replaced by one of its QUERY_SYNONYMS
+QUERY_TYPO_PROB = 0.07  # one word of 4+ letters gets one typo
+QUERY_NOISE_PROB = 0.05  # capitalisation, extra whitespace or trailing punctuation
 P_CLICK, P_CLICK_FAV_BRAND, P_CLICK_PRICE_MATCH = 0.40, 0.12, 0.12
 P_CART = 0.25  # of clicks
 P_PURCHASE = 0.50  # of carts
@@ -265,6 +327,7 @@ class Catalog:
     titles: list[str]
     brand_tops: list[tuple[int, ...]]  # brand index -> top indices it sells in
     rows: list[dict[str, Any]]
+    title_parts: list[dict[str, str]] = field(default_factory=list)  # adj, attr, variant per item
 
     @property
     def n_items(self) -> int:
@@ -367,6 +430,7 @@ def build_catalog(n_items: int, rng: np.random.Generator) -> Catalog:
     item_price = np.empty(n_items, dtype=float)
     in_stock = rng.random(n_items) >= OUT_OF_STOCK_RATE
     titles: list[str] = []
+    title_parts: list[dict[str, str]] = []
     rows: list[dict[str, Any]] = []
     taken: set[str] = set()
     item_ids = [f"i{i:05d}" for i in range(n_items)]
@@ -377,6 +441,7 @@ def build_catalog(n_items: int, rng: np.random.Generator) -> Catalog:
         title, parts = _make_title(leaf, BRAND_NAMES[b], rng, taken)
         item_brand[i], item_price[i] = b, price
         titles.append(title)
+        title_parts.append(parts)
         rows.append({
             "item_id": item_ids[i],
             "title": title,
@@ -402,6 +467,7 @@ def build_catalog(n_items: int, rng: np.random.Generator) -> Catalog:
         titles=titles,
         brand_tops=brand_tops,
         rows=rows,
+        title_parts=title_parts,
     )
 
 
@@ -532,8 +598,9 @@ class _UserState:
 class _Simulator:
     """Generates every user's sessions; one instance per ``generate_shop`` call."""
 
-    def __init__(self, catalog: Catalog, days: int) -> None:
+    def __init__(self, catalog: Catalog, days: int, seed: int = 0) -> None:
         self.cat = catalog
+        self.seed = seed  # with the user's seed and the session, seeds each query's own stream
         self.period_s = days * 86400
         self.days = days
         self.events: list[RawEvent] = []
@@ -638,18 +705,55 @@ class _Simulator:
               query: str | None = None, qty: int | None = None) -> None:
         self.events.append((t, len(self.events), u, s, etype, item, query, qty))
 
-    def _query_for(self, item: int, rnd: random.Random) -> str:
-        """1-3 lower-case title words of the item the search leads to, ending in its noun."""
+    def _query_rng(self, user: UserProfile, s: int) -> random.Random:
+        """The query's own random stream, from (generator seed, user seed, session): drawing the
+        query's wording from it leaves the session stream, so every other event, unchanged."""
+        key = f"query:{self.seed}:{user.seed}:{s}".encode()
+        return random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big"))
+
+    def _query_for(self, item: int, rnd: random.Random, qrnd: random.Random) -> str:
+        """A search for ``item``, in its own words: the leaf noun, maybe with a modifier, brand,
+        synonym, typo or formatting noise (see the QUERY_* knobs), all drawn from ``qrnd``.
+
+        ``rnd`` (the session stream) is drawn from exactly as by the original 1-3 title word
+        queries, so that the events after the search stay those of earlier versions."""
         leaf = self.cat.leaves[self.cat.item_leaf[item]]
         noun = leaf.name.lower().split()
         extras = [w.lower() for w in self.cat.titles[item].split()
                   if not any(ch.isdigit() for ch in w) and w.lower() not in noun]
         n_words = _weighted_index((0.3, 0.45, 0.25), rnd) + 1
-        picked: list[str] = []
         for _ in range(n_words - 1):
             if extras:
-                picked.append(extras.pop(int(rnd.random() * len(extras))))
-        return " ".join(picked + [noun[-1]])
+                extras.pop(int(rnd.random() * len(extras)))
+
+        parts = self.cat.title_parts[item]
+        modifiers = [parts["adj"], parts["attr"], parts["variant"]]
+        weights = list(QUERY_MODIFIER_WEIGHTS)
+        if not _word_variant(parts["variant"]):
+            weights[2] = 0.0  # "30ml" or "S": not what people search for
+        brand = BRAND_NAMES[int(self.cat.item_brand[item])]
+        head = leaf.name
+        if qrnd.random() < QUERY_SYNONYM_PROB and leaf.name in QUERY_SYNONYMS:
+            options = QUERY_SYNONYMS[leaf.name]
+            head = options[int(qrnd.random() * len(options))]
+        form = _weighted_index(QUERY_FORM_PROBS, qrnd)
+        if form == 0:
+            words = [head]
+        elif form == 1:
+            words = [modifiers[_weighted_index(weights, qrnd)], head]
+        elif form == 2:
+            words = [brand, head]
+        else:  # adjective + attribute, or brand + a modifier
+            if qrnd.random() < 0.6:
+                words = [parts["adj"], parts["attr"], head]
+            else:
+                words = [brand, modifiers[_weighted_index(weights, qrnd)], head]
+        query = " ".join(words).lower()
+        if qrnd.random() < QUERY_TYPO_PROB:
+            query = _with_typo(query, qrnd)
+        if qrnd.random() < QUERY_NOISE_PROB:
+            query = _with_noise(query, qrnd)
+        return query
 
     def _funnel(self, u: int, s: int, item: int, t: int, user: UserProfile,
                 rnd: random.Random) -> tuple[int, str]:
@@ -690,7 +794,7 @@ class _Simulator:
         t = start
         first = self._pick_item(leaf, st, session_items, rnd)
         if first is not None and rnd.random() < SEARCH_PROB:
-            self._emit(t, u, s, "search", query=self._query_for(first, rnd))
+            self._emit(t, u, s, "search", query=self._query_for(first, rnd, self._query_rng(user, s)))
             t += rnd.randint(5, 40)
         follow_up: tuple[int, float] | None = None
         item = first
@@ -731,6 +835,85 @@ class _Simulator:
             end = self._session(u, user, st, start, FIRST_SESSION_MIN_ITEMS if k == 0 else 1, rnd)
             if end is not None:
                 prev_end = end
+
+
+def _word_variant(variant: str) -> bool:
+    """Whether a variant is a word people put in a search ("black", "king"), not a size code."""
+    return variant.isalpha() and len(variant) >= 3 and variant != "Edition"
+
+
+def _key_neighbours() -> dict[str, str]:
+    """Letters next to each letter on a QWERTY keyboard (same row, or the row above/below)."""
+    pos = {ch: (r, c + off) for r, (row, off) in enumerate(_KEY_ROWS) for c, ch in enumerate(row)}
+    return {a: "".join(b for b, (rb, xb) in pos.items()
+                       if (ra == rb and abs(xa - xb) == 1) or (abs(ra - rb) == 1 and abs(xa - xb) <= 0.75))
+            for a, (ra, xa) in pos.items()}
+
+
+_KEY_NEIGHBOURS = _key_neighbours()
+
+
+def _typo_spots(word: str) -> list[int]:
+    """Positions of letters next to another letter: dropping the "c" of "usb-c" would leave a
+    dangling hyphen."""
+    return [k for k, ch in enumerate(word) if ch.isalpha()
+            and (word[k - 1:k].isalpha() or word[k + 1:k + 2].isalpha())]
+
+
+def _with_typo(query: str, rnd: random.Random) -> str:
+    """``query`` with one typo in one of its words of 4+ letters: a dropped letter, two adjacent
+    letters swapped, a doubled letter or a neighbouring key hit instead. Unchanged without such
+    a word."""
+    words = query.split(" ")
+    eligible = [i for i, w in enumerate(words) if sum(ch.isalpha() for ch in w) >= 4 and _typo_spots(w)]
+    if not eligible:
+        return query
+    i = eligible[int(rnd.random() * len(eligible))]
+    word = words[i]
+    letters = _typo_spots(word)
+    for _ in range(10):  # retried while a swap of equal letters would change nothing
+        kind = int(rnd.random() * 4)
+        k = letters[int(rnd.random() * len(letters))]
+        if kind == 0:
+            typo = word[:k] + word[k + 1:]
+        elif kind == 1:
+            if k + 1 >= len(word) or not word[k + 1].isalpha() or word[k] == word[k + 1]:
+                continue
+            typo = word[:k] + word[k + 1] + word[k] + word[k + 2:]
+        elif kind == 2:
+            typo = word[:k] + word[k] + word[k:]
+        else:
+            near = _KEY_NEIGHBOURS.get(word[k], "")
+            if not near:
+                continue
+            typo = word[:k] + near[int(rnd.random() * len(near))] + word[k + 1:]
+        words[i] = typo
+        break
+    return " ".join(words)
+
+
+def _with_noise(query: str, rnd: random.Random) -> str:
+    """``query`` as typed carelessly: capital letters, stray spaces and/or a trailing "!", "?" or
+    "." (at least one of them)."""
+    while True:
+        case, space, punct = rnd.random() < 0.6, rnd.random() < 0.4, rnd.random() < 0.4
+        if case or space or punct:
+            break
+    if case:
+        style = int(rnd.random() * 3)
+        query = (" ".join(w[:1].upper() + w[1:] for w in query.split(" ")) if style == 0
+                 else query.upper() if style == 1 else query[:1].upper() + query[1:])
+    if space:
+        style = int(rnd.random() * 3)
+        if style == 0:
+            query = "  " + query + " "
+        elif style == 1:
+            query = query + "  "
+        else:
+            query = query.replace(" ", "  ", 1) if " " in query else " " + query
+    if punct:
+        query += "!?."[int(rnd.random() * 3)]
+    return query
 
 
 def _poisson(lam: float, rnd: random.Random) -> int:
@@ -878,7 +1061,7 @@ def generate_shop(landing: str | Path, *, users: int = 2000, items: int = 600, d
 
     catalog = build_catalog(items, np.random.default_rng(cat_ss))
     profiles = build_users(users, catalog, days, np.random.default_rng(user_ss))
-    sim = _Simulator(catalog, days)
+    sim = _Simulator(catalog, days, seed)
     for u, profile in enumerate(profiles):
         sim.simulate_user(u, profile)
     events = sorted(sim.events)  # (t, seq) is unique: a stable time order

@@ -6,13 +6,15 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import json
+import random
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from recsys.datagen import EVENT_TYPES, MALFORMED_KINDS, generate_shop
+from recsys import datagen
+from recsys.datagen import EVENT_TYPES, MALFORMED_KINDS, QUERY_SYNONYMS, generate_shop
 
 FUNNEL = ("view", "click", "add_to_cart", "purchase")
 EVENT_KEYS = {"event_id", "ts", "user_id", "session_id", "event_type", "item_id", "query", "price", "quantity"}
@@ -172,7 +174,7 @@ def test_every_good_event_follows_the_contract(shop: dict[str, Any]) -> None:
         epoch += isinstance(r["ts"], int)
         if r["event_type"] == "search":
             assert r["item_id"] is None and r["price"] is None and r["quantity"] is None
-            assert isinstance(r["query"], str) and 1 <= len(r["query"].split()) <= 3
+            assert isinstance(r["query"], str) and 1 <= len(r["query"].split()) <= 6
         else:
             assert r["item_id"] in catalog and r["query"] is None
             assert r["price"] == catalog[r["item_id"]]["price"] >= 0
@@ -334,9 +336,133 @@ def test_purchases_lead_to_complementary_browsing(shop: dict[str, Any]) -> None:
     assert top_count / from_src > 3 * leaf_views[dst] / sum(leaf_views.values())
 
 
-def test_queries_use_title_words(shop: dict[str, Any]) -> None:
-    title_words = {w.lower() for r in shop["catalog"].values() for w in r["title"].split()}
-    queries = [r["query"] for _, r in shop["good"] if r["event_type"] == "search"]
-    assert len(queries) > 50
-    for q in queries:
-        assert q.split() and set(q.lower().split()) <= title_words, q
+# --- searches ----------------------------------------------------------------------------
+
+
+def normalise(query: str) -> str:
+    """Lower case, punctuation other than in-word hyphens and apostrophes dropped, single spaces."""
+    return " ".join(re.sub(r"[^\w\s'-]|(?<!\w)['-]|['-](?!\w)", " ", query.lower()).split())
+
+
+def one_edit(a: str, b: str) -> bool:
+    """Whether ``b`` is ``a`` with one dropped, doubled, swapped or substituted letter."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [k for k in range(len(a)) if a[k] != b[k]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long_ = sorted((a, b), key=len)
+    return any(long_[:k] + long_[k + 1:] == short for k in range(len(long_)))
+
+
+def searches(shop: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(raw query, catalogue row of the first item viewed after it in its session) per search."""
+    sessions: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for _, r in shop["good"]:
+        sessions[r["session_id"]].append(r)
+    out = []
+    for events in sessions.values():
+        for k, r in enumerate(events):
+            if r["event_type"] == "search":
+                view = next(e for e in events[k + 1:] if e["event_type"] == "view")
+                out.append((r["query"], shop["catalog"][view["item_id"]]))
+    return out
+
+
+def vocabulary(item: dict[str, Any]) -> tuple[set[str], set[str], tuple[str, ...]]:
+    """An item's own words (title and category), its leaf's synonym words, and the synonyms."""
+    own = set(normalise(item["title"] + " " + item["category"].replace(">", " ")).split())
+    synonyms = QUERY_SYNONYMS.get(item["category"].split(">")[-1], ())
+    return own, {w for phrase in synonyms for w in phrase.split()}, synonyms
+
+
+def has_phrase(query: str, phrase: str) -> bool:
+    return f" {phrase} " in f" {query} "
+
+
+def test_queries_describe_the_first_viewed_item(shop: dict[str, Any]) -> None:
+    """Every query word is one of the item's title or category words, a synonym word of its
+    leaf, or one typo away from one of those; most queries share a word with the item itself."""
+    pairs = searches(shop)
+    assert len(pairs) > 300
+    sharing = 0
+    for raw, item in pairs:
+        query = normalise(raw)
+        own, synonym_words, _ = vocabulary(item)
+        known = own | synonym_words
+        assert query, raw
+        for word in query.split():
+            assert word in known or any(one_edit(k, word) for k in known), (raw, item["title"])
+        sharing += bool(set(query.split()) & own)
+    assert sharing / len(pairs) > 0.85
+
+
+def test_query_synonyms_typos_and_noise_rates(shop: dict[str, Any]) -> None:
+    """About 15% of queries use a synonym (or the other number) of the noun, about 7% carry a
+    typo and about 5% need normalising (case, spaces, punctuation)."""
+    pairs = searches(shop)
+    n = len(pairs)
+    synonym = typo = noisy = 0
+    for raw, item in pairs:
+        query = normalise(raw)
+        own, synonym_words, synonyms = vocabulary(item)
+        synonym += any(has_phrase(query, phrase) for phrase in synonyms)
+        typo += any(w not in own | synonym_words for w in query.split())
+        noisy += raw != query
+    assert 0.08 < synonym / n < 0.22  # 0.11 measured (0.15 drawn, some hidden by typos)
+    assert 0.04 < typo / n < 0.10  # 0.07 measured
+    assert 0.02 < noisy / n < 0.09  # 0.056 measured
+
+
+def test_query_popularity_is_long_tailed(shop: dict[str, Any]) -> None:
+    """A few queries (bare nouns) are very frequent, most distinct queries are rare."""
+    pairs = searches(shop)
+    counts = collections.Counter(normalise(raw) for raw, _ in pairs)
+    top = counts.most_common(10)
+    leaf_nouns = {r["category"].split(">")[-1].lower() for r in shop["catalog"].values()}
+    assert sum(c for _, c in top) / len(pairs) > 0.15  # 0.205 measured, of 674 searches
+    assert top[0][0] in leaf_nouns and sum(q in leaf_nouns for q, _ in top) >= 8
+    assert sum(c <= 2 for c in counts.values()) / len(counts) > 0.6  # 0.86 measured
+    assert len(counts) > len(pairs) / 4
+    words = collections.Counter(min(len(q.split()), 4) for q in counts.elements())
+    assert words[1] + words[2] > 0.6 * len(pairs) and words[4] < 0.1 * len(pairs)
+
+
+def test_same_seed_same_queries(tmp_path: Path) -> None:
+    args = dict(users=150, items=150, days=8, seed=13)
+    queries = []
+    for name in ("a", "b"):
+        generate_shop(tmp_path / name, **args)
+        queries.append([r["query"] for _, r in scan(tmp_path / name)[0] if r["event_type"] == "search"])
+    assert queries[0] == queries[1] and len(queries[0]) > 20
+
+
+def test_query_wording_leaves_other_events_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wording is drawn from its own stream: other query knobs, same sessions and events."""
+    args = dict(users=150, items=150, days=8, seed=13)
+    generate_shop(tmp_path / "plain", **args)
+    monkeypatch.setattr(datagen, "QUERY_FORM_PROBS", (0.0, 0.0, 0.0, 1.0))
+    monkeypatch.setattr(datagen, "QUERY_SYNONYM_PROB", 1.0)
+    monkeypatch.setattr(datagen, "QUERY_TYPO_PROB", 1.0)
+    monkeypatch.setattr(datagen, "QUERY_NOISE_PROB", 1.0)
+    generate_shop(tmp_path / "wordy", **args)
+    plain, wordy = scan(tmp_path / "plain")[0], scan(tmp_path / "wordy")[0]
+    strip = lambda good: [dict(r, query=None) for _, r in good]  # noqa: E731
+    assert strip(plain) == strip(wordy)
+    q_plain = [r["query"] for _, r in plain if r["event_type"] == "search"]
+    q_wordy = [r["query"] for _, r in wordy if r["event_type"] == "search"]
+    assert len(q_plain) == len(q_wordy) > 20
+    assert sum(a != b for a, b in zip(q_plain, q_wordy)) > 0.9 * len(q_plain)
+
+
+def test_typos_are_one_edit_and_noise_normalises_away() -> None:
+    rnd = random.Random(5)
+    for word in ("serum", "moisturiser", "t-shirt", "headphones", "collector's"):
+        for _ in range(50):
+            typo = datagen._with_typo(word, rnd)
+            assert one_edit(word, typo), (word, typo)
+    assert datagen._with_typo("tee mug", rnd) == "tee mug"  # no word of 4+ letters
+    for _ in range(50):
+        noisy = datagen._with_noise("vitamin c serum", rnd)
+        assert noisy != "vitamin c serum" and normalise(noisy) == "vitamin c serum"
