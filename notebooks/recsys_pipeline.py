@@ -55,7 +55,8 @@ print("stages:", ", ".join(s.name for s in todo))
 # COMMAND ----------
 
 # MAGIC %md
-# MAGIC ## Run each stage (generate, ingest, build-profiles, embed-text, train, evaluate, promote, recommend)
+# MAGIC ## Run each stage (generate, ingest, build-profiles, embed-text, train, evaluate, promote, recommend,
+# MAGIC build-search, train-search-ranker, search-results)
 
 # COMMAND ----------
 
@@ -75,3 +76,16 @@ for stage in todo:
 
 if "recommend" in reports:
     spark.read.format("delta").load(cfg.table_path("recommendations")).orderBy("user_id", "rank").show(10)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Search: the logged searches ranked by the learned ranker, and a query's suggestions
+
+# COMMAND ----------
+
+if "search-results" in reports:
+    spark.read.format("delta").load(cfg.table_path("search_results")).orderBy("search_id", "rank") \
+        .select("query_norm", "rank", "item_id", "reason", "personalised").show(10, truncate=False)
+    spark.read.format("delta").load(cfg.table_path("query_suggestions")).where("length(prefix) = 2") \
+        .orderBy("prefix").show(5, truncate=100)

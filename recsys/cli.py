@@ -35,7 +35,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     # Spark's python workers inherit this, so petastorm's pyarrow warnings stay quiet there too.
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("py4j", "mlflow", "alembic", "urllib3", "petastorm", "filelock"):
+    for noisy in ("py4j", "mlflow", "alembic", "urllib3", "petastorm", "filelock", "bm25s", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -124,6 +124,10 @@ class TablesConfig:
     training_examples: str = "gold/training_examples"
     item_text_embeddings: str = "gold/item_text_embeddings"
     recommendations: str = "gold/recommendations"
+    searches: str = "gold/searches"
+    query_stats: str = "gold/query_stats"
+    query_suggestions: str = "gold/query_suggestions"
+    search_results: str = "gold/search_results"
     forget_audit: str = "audit/forget_audit"  # pseudonyms of forgotten users; ingest drops their rows
 
 
@@ -332,6 +336,37 @@ class ScoringConfig:
             raise ConfigError("scoring.top_k must be >= 1")
 
 
+@dataclass(frozen=True)
+class SearchConfig:
+    """Search and query suggestions (recsys.search)."""
+
+    candidates: int = 200  # candidates per query from each retriever (BM25, embeddings) before ranking
+    top_k: int = 10
+    max_prefix_len: int = 8  # query_suggestions holds prefixes of 1..this many characters
+    suggestions: int = 30  # completions kept per prefix (the top_k shown are re-ranked from these)
+    suggest_min_users: int = 2  # a query is suggested only once this many distinct users typed it
+    half_life_days: float = 7.0  # recency weight of a logged search: 0.5 ** (age in days / this)
+    holdout_days: int = 3  # the ranker validates on the searches of the last days; trains on the rest
+    ranker_model_name: str = "recsys-search-ranker"  # registered next to tracking.model_name, same aliases
+    personalise: bool = True  # user features in the ranker and the suggestions
+    run_date: str = ""  # search-results: the day whose logged searches are ranked ("" = the newest)
+    full_rebuild: bool = False  # true: rebuild the search tables in full (default: only sessions that changed)
+
+    def __post_init__(self) -> None:
+        for key in ("candidates", "top_k", "max_prefix_len", "suggestions", "suggest_min_users"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"search.{key} must be >= 1, got {getattr(self, key)}")
+        if self.half_life_days <= 0:
+            raise ConfigError(f"search.half_life_days must be > 0, got {self.half_life_days}")
+        if self.holdout_days < 0:
+            raise ConfigError(f"search.holdout_days must be >= 0, got {self.holdout_days}")
+        if self.run_date:
+            try:
+                datetime.date.fromisoformat(self.run_date)
+            except ValueError:
+                raise ConfigError(f"search.run_date must be a date YYYY-MM-DD, got {self.run_date!r}") from None
+
+
 class Baseline(str, enum.Enum):
     POPULARITY = "popularity"
     COOCCURRENCE = "cooccurrence"
@@ -383,6 +418,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     # --- derived locations -------------------------------------------------------------
     def table_path(self, name: str) -> str:

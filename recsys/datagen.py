@@ -1133,3 +1133,24 @@ def generate(spark: Any, cfg: Any) -> dict[str, int]:
     with storage.local_folder(landing, spark) as local:
         return generate_shop(local, users=g.users, items=g.items, days=g.days, seed=g.seed,
                              malformed_rate=g.malformed_rate, start=start_date(g.days))
+
+
+def catalogue_profiles(catalog: Catalog, price_buckets: int = 10) -> Any:
+    """The catalogue as the columns the search engine reads from ``item_profiles`` (a pandas
+    DataFrame; ids 1..n in catalogue order, price buckets by quantile, popularity from the
+    generator's own item weights): for engine tests and the latency benchmark at catalogue
+    sizes the pipeline is not run on."""
+    import pandas as pd
+
+    df = pd.DataFrame(catalog.rows)
+    df["item_idx"] = np.arange(1, len(df) + 1)
+    df["top_category"] = df["category"].str.split(">").str[0].str.strip()
+    df["category_idx"] = pd.factorize(df["category"])[0] + 1
+    df["brand_idx"] = pd.factorize(df["brand"])[0] + 1
+    ranks = df["price"].rank(method="first") / len(df)
+    df["price_bucket"] = np.minimum((ranks * price_buckets).astype(int) + 1, price_buckets)
+    users = np.round(catalog.item_pop / catalog.item_pop.max() * 200).astype(int)
+    df["users"], df["views"] = users, users * 2
+    df["ctr"] = (users + 1) / (users * 2 + 2)
+    df["conversion"] = (users // 4 + 1) / (users * 2 + 2)
+    return df

@@ -23,7 +23,7 @@ from recsys.tables import read_table, table_exists
 log = logging.getLogger(__name__)
 
 TABLES = ("events", "catalog", "users", "quarantine", "user_profiles", "item_profiles", "training_examples",
-          "item_text_embeddings", "recommendations")
+          "item_text_embeddings", "recommendations", "searches", "query_stats", "query_suggestions", "search_results")
 
 
 def demo(cfg: Config, spark: SparkSession | None = None, sample_users: int = 2) -> dict[str, Any]:
@@ -43,6 +43,8 @@ def demo(cfg: Config, spark: SparkSession | None = None, sample_users: int = 2) 
         log.info("stage %s done in %.1fs", stage.name, timings[stage.name])
 
     summary = summarise(spark, cfg, reports, sample_users=sample_users)
+    if "train-search-ranker" in reports:
+        summary["search"] = search_sample(spark, cfg, reports)
     summary["generator"] = reports.get("generate")
     summary["timings_seconds"] = timings
     uri = write_named(cfg, "demo.json", json.dumps(summary, indent=2, default=str))
@@ -109,6 +111,40 @@ def summarise(spark: SparkSession, cfg: Config, reports: dict[str, dict[str, Any
     }
 
 
+def search_sample(spark: SparkSession, cfg: Config, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One shopper's search and suggestion, personalised and not, next to the ranker's figures.
+
+    The shopper is the one with the most searches among the raw ids of the landing's users
+    file, looked up by pseudonym exactly as ``recsys search --user`` does."""
+    from recsys.search.engine import UserState
+    from recsys.search.service import load_engine, user_key
+
+    engine, users, info = load_engine(spark, cfg)
+    raw = [r["user_id"] for r in spark.read.json(f"{cfg.lakehouse.landing_uri}/users").select("user_id").collect()
+           if r["user_id"]]
+    by_key = {user_key(cfg, u): u for u in raw}
+    ranked = sorted((u for u in users.queries if u in by_key and u in users.steps),
+                    key=lambda u: (-len(users.queries[u]), by_key[u]))
+    out: dict[str, Any] = {"ranker": reports["train-search-ranker"].get("valid"), **info}
+    if not ranked:
+        return out
+    uid = ranked[0]
+    state = users.state(engine, uid)
+    anonymous = UserState(known=False)
+    # Their newest query that popular queries complete from its first letters (else their newest).
+    typed = [q for _, q in reversed(users.queries[uid])]
+    query = next((q for q in typed if engine.complete(q[:3])[1]), typed[0])
+    k = min(cfg.search.top_k, 5)
+    prefix = query[:3]
+    out.update({
+        "user": by_key[uid], "query": query, "prefix": prefix,
+        "personalised": engine.search(query, state, k).items, "anonymous": engine.search(query, anonymous, k).items,
+        "suggest_personalised": engine.suggest(prefix, state, k)["suggestions"],
+        "suggest_popular": engine.suggest(prefix, anonymous, k)["suggestions"],
+    })
+    return out
+
+
 def render(s: dict[str, Any]) -> str:
     lines = ["", "=" * 78, "recsys demo: what came out", "=" * 78, f"Lakehouse: {s['lakehouse']}", "", "Delta tables (rows):"]
     for name, t in s["tables"].items():
@@ -137,4 +173,25 @@ def render(s: dict[str, Any]) -> str:
         lines.append(f"  top-{s['top_k']} recommendations")
         for r in u["recommendations"]:
             lines.append(f"  {r['rank']:>3}. {r['item_id']}  {r['title'][:40]:<40} {r['score']:>8.3f}  {r['reason']}")
+    if s.get("search"):
+        lines += render_search_sample(s["search"])
     return "\n".join(lines)
+
+
+def render_search_sample(x: dict[str, Any]) -> list[str]:
+    lines = ["", "Search ranker (validation: the last days' searches, graded NDCG@10 / MRR):"]
+    for name, m in (x.get("ranker") or {}).items():
+        lines.append(f"  {name:<12} {m['ndcg@10']:.4f} / {m['mrr']:.4f}")
+    if not x.get("user"):
+        return lines
+    lines += ["", f"Search {x['query']!r} for user {x['user']}   (recsys search --user {x['user']} --query \"{x['query']}\")",
+              f"  {'personalised':<52}| not personalised"]
+    for a, b in zip(x["personalised"], x["anonymous"]):
+        lines.append(f"  {a['rank']:>2}. {a['title'][:34]:<34} {a['reason'][:13]:<13} | {b['title'][:34]}")
+    lines += ["", f"Suggestions for {x['prefix']!r}   (recsys suggest --user {x['user']} --prefix \"{x['prefix']}\")",
+              f"  {'personalised':<36}| most popular"]
+    for i in range(max(len(x["suggest_personalised"]), len(x["suggest_popular"]))):
+        a = x["suggest_personalised"][i]["query"] if i < len(x["suggest_personalised"]) else ""
+        b = x["suggest_popular"][i]["query"] if i < len(x["suggest_popular"]) else ""
+        lines.append(f"  {i + 1:>2}. {a:<32}| {b}")
+    return lines

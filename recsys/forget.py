@@ -65,6 +65,8 @@ USER_COLUMNS = {
     "user_profiles": "user_id",
     "training_examples": "user_id",
     "recommendations": "user_id",
+    "searches": "user_id",
+    "search_results": "user_id",
 }
 
 
@@ -84,6 +86,7 @@ def forget_user(spark: SparkSession, cfg: Config, raw_user_id: str | None = None
     key = resolve_key(cfg)
     pid = pseudonymise(raw_user_id, key) if cfg.privacy.pseudonymise else raw_user_id
     deleted: dict[str, int] = {}
+    refreshed = None
     for name, col in USER_COLUMNS.items():
         if not table_exists(cfg, name):
             continue
@@ -93,6 +96,12 @@ def forget_user(spark: SparkSession, cfg: Config, raw_user_id: str | None = None
             # unparseable lines have no user_key: find the raw id as a JSON string value
             cond = cond | F.col("raw").contains(f'"{raw_user_id}"')
         before = table.toDF().count()
+        if name == "searches":
+            # The search tables follow events through their change feed: the user's searches go,
+            # and the query stats and suggestions they counted in are recomputed without them.
+            from recsys.search.tables import build_search
+
+            refreshed = build_search(spark, cfg).get("mode")
         table.delete(cond)
         deleted[name] = before - table.toDF().count()
         if cfg.privacy.vacuum_after_forget:
@@ -107,6 +116,7 @@ def forget_user(spark: SparkSession, cfg: Config, raw_user_id: str | None = None
         "user_key string, forgotten_at timestamp, rows_deleted long, detail string",
     )
     audit.write.format("delta").mode("append").save(cfg.table_path("forget_audit"))
-    report = {"user_key": pid, "deleted": deleted, "vacuumed": cfg.privacy.vacuum_after_forget}
+    report = {"user_key": pid, "deleted": deleted, "vacuumed": cfg.privacy.vacuum_after_forget,
+              "search_tables": refreshed}
     write_report(cfg, "forget-user", report)
     return report

@@ -41,7 +41,7 @@ def cfg(tmp_path: Path) -> Config:
 
 
 TINY = ["generator.users=250", "generator.items=120", "generator.days=14", "generator.malformed_rate=0.02",
-        "train.epochs=2", "train.patience=5", "model.hidden=32", "features.max_seq_len=20"]
+        "train.epochs=2", "train.patience=5", "model.hidden=32", "features.max_seq_len=20", "search.candidates=50"]
 
 
 @pytest.fixture(scope="module")

@@ -47,19 +47,22 @@ def delta_state(spark: SparkSession, cfg: Config, name: str) -> dict[str, Any] |
     return {"id": DeltaTable.forPath(spark, path).detail().first()["id"], "version": table_version(spark, path)}
 
 
-def last_log(spark: SparkSession, cfg: Config) -> dict[str, Any] | None:
-    """The state the last build logged (``write_log``), or None before the first build."""
-    if not storage.is_delta_table(log_path(cfg), spark):
+def last_log(spark: SparkSession, cfg: Config, path: str | None = None) -> dict[str, Any] | None:
+    """The state the last build logged (``write_log``) in the build log at ``path`` (default
+    the profiles log), or None before the first build."""
+    path = path or log_path(cfg)
+    if not storage.is_delta_table(path, spark):
         return None
-    row = spark.read.format("delta").load(log_path(cfg)).orderBy(F.desc("finished_at")).limit(1).collect()
+    row = spark.read.format("delta").load(path).orderBy(F.desc("finished_at")).limit(1).collect()
     return json.loads(row[0]["state"]) if row else None
 
 
-def write_log(spark: SparkSession, cfg: Config, mode: str, state: dict[str, Any]) -> None:
-    """Append this build's ``state`` (JSON) to the profiles log: what the next build starts from."""
+def write_log(spark: SparkSession, cfg: Config, mode: str, state: dict[str, Any], path: str | None = None) -> None:
+    """Append this build's ``state`` (JSON) to the build log at ``path`` (default the profiles
+    log): what the next build starts from."""
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     spark.createDataFrame([(now, mode, json.dumps(state))], "finished_at timestamp, mode string, state string") \
-        .write.format("delta").mode("append").save(log_path(cfg))
+        .write.format("delta").mode("append").save(path or log_path(cfg))
 
 
 def read_version(spark: SparkSession, cfg: Config, name: str, version: int) -> DataFrame:

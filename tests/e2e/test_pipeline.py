@@ -149,3 +149,65 @@ def test_the_champion_serves_like_batch_scoring(spark, demo_run):
     scored = spark.createDataFrame(frame).withColumn("recs", udf(F.struct("item_ids", "event_types"))).collect()
     for r in scored:
         same(r["user_id"], r["recs"]["item_ids"], r["recs"]["reason_item_ids"], r["recs"]["scores"])
+
+
+def test_search_tables_ranker_and_commands(spark, demo_run, capsys):
+    """The search half on the demo's lakehouse: the tables, the ranker registered next to the
+    recommender, `recsys search` and `recsys suggest` for a known and an unknown user and for
+    absurd input, and the search-results batch job."""
+    import mlflow
+
+    from recsys import cli
+
+    cfg, summary, _ = demo_run
+    root = f"lakehouse.root={cfg.lakehouse.root_uri}"
+    searches = read_table(spark, cfg, "searches")
+    n = searches.count()
+    assert n > 0 and searches.where("query_norm = '' or query_norm is null").count() == 0
+    assert searches.where("n_engaged > 0").count() > n / 2  # a search is mostly followed by a view
+    assert read_table(spark, cfg, "query_stats").agg(F.sum("searches")).first()[0] == n
+    assert read_table(spark, cfg, "query_suggestions").count() > 0
+
+    # the ranker: its own registered model, champion and challenger like the recommender, figures logged
+    s = summary["search"]
+    assert set(s["ranker"]) >= {"bm25", "embeddings", "hybrid", "ranker", "ranker_base"}
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    client = mlflow.MlflowClient()
+    versions = {a: str(client.get_model_version_by_alias(cfg.search.ranker_model_name, a).version)
+                for a in (cfg.tracking.alias, cfg.tracking.challenger_alias)}
+    assert set(versions.values()) == {"1"} and s["ranker_version"] == "1"
+    run = client.get_run(client.get_model_version(cfg.search.ranker_model_name, "1").run_id)
+    assert run.data.metrics["valid_ranker_ndcg_at_10"] == s["ranker"]["ranker"]["ndcg@10"]
+
+    # the demo's sample: one user's personalised results next to the anonymous ones
+    k = min(cfg.search.top_k, 5)
+    assert len(s["personalised"]) == len(s["anonymous"]) == k and s["suggest_popular"]
+    assert {x["item_id"] for x in s["personalised"]} != {x["item_id"] for x in s["anonymous"]} or \
+        [x["item_id"] for x in s["personalised"]] != [x["item_id"] for x in s["anonymous"]]
+
+    # the commands: a known user (raw id, pseudonymised as at ingest), an unknown one, absurd input
+    assert cli.main(["search", "--config", "conf/local.yaml", root, "--user", s["user"], "--query", s["query"],
+                     "--top-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"for user {s['user']}: personalised" in out and out.count("  — ") == 3
+    assert cli.main(["search", "--config", "conf/local.yaml", root, "--user", "nobody-knows-me",
+                     "--query", "\x00" + "x" * 10_000]) == 0
+    out = capsys.readouterr().out
+    assert "not personalised" in out and "unknown user" in out
+    assert cli.main(["suggest", "--config", "conf/local.yaml", root, "--user", s["user"], "--prefix", s["prefix"]]) == 0
+    out = capsys.readouterr().out
+    assert f"suggest {s['prefix']!r}" in out and "personalised" in out and " searches) — " in out
+    assert cli.main(["search", "--config", "conf/local.yaml", root, "--query", "!!!"]) == 0
+    assert "only punctuation" in capsys.readouterr().out
+    assert cli.main(["search", "--config", "conf/local.yaml", root, "--query", "mug", "--top-k", "ten"]) == 2
+    assert "--top-k must be a whole number" in capsys.readouterr().err
+
+    # search-results: every search of the newest day ranked, ranks 1..K, the ranker's version
+    res = read_table(spark, cfg, "search_results")
+    day = searches.agg(F.max("event_date")).first()[0]
+    assert [r[0] for r in res.select("run_date").distinct().collect()] == [day]
+    todo = searches.where(F.col("event_date") == day)
+    assert res.select("search_id").distinct().count() == todo.count() > 0
+    per = res.groupBy("search_id").agg(F.min("rank").alias("lo"), F.max("rank").alias("hi"), F.count("*").alias("n"))
+    assert per.where(f"lo != 1 or hi != n or n != {cfg.search.top_k}").count() == 0
+    assert [r[0] for r in res.select("ranker_version").distinct().collect()] == ["1"]

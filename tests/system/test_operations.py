@@ -68,6 +68,18 @@ def test_notebook_runs_as_plain_python(spark, demo_run, monkeypatch):
     recs = read_table(spark, cfg, "recommendations")
     assert recs.where(F.col("run_date") == F.lit(today).cast("date")).where(f"model_version = {champion}").count() > 0
     assert recs.where("run_date = DATE'2026-11-01'").count() > 0  # the demo's run date is kept
+    # the search half: nothing new to build; the ranker's second version gated against the first
+    built = reports("search_tables")[-1]
+    assert built["mode"] == "incremental" and built["affected_sessions"] == 0
+    ranker = reports("search_ranker")[-1]
+    assert (ranker["version"], ranker["champion_before"]) == ("2", "1")
+    v = ranker["valid"]
+    wins = v["ranker"]["ndcg@10"] >= v["champion"]["ndcg@10"] - cfg.promotion.tolerance
+    assert ranker["promoted"] is wins
+    champion = client.get_model_version_by_alias(cfg.search.ranker_model_name, cfg.tracking.alias).version
+    assert str(champion) == ("2" if wins else "1")
+    assert reports("search_results")[-1]["ranker_version"] == str(champion)
+    assert read_table(spark, cfg, "search_results").where(f"ranker_version = '{champion}'").count() > 0
 
 
 def test_mlflow_models_serve_answers_like_batch_scoring(spark, demo_run):
