@@ -118,33 +118,15 @@ def published_for(dataset: Path) -> dict[str, Any] | None:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu_model, nproc = _machine.cpu_model(), _machine.usable_cores()
-    info: dict[str, Any] = {"nproc": nproc, "cpu_model": cpu_model,
-                            "platform": platform.platform(), "python": platform.python_version()}
-    try:
-        info["mem_total_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    return info
+    return _machine.machine_info()
 
 
 def loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
+    return _machine.loadavg()
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("pyspark", "delta-spark", "torch", "petastorm", "mlflow"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+    return _machine.versions(("pyspark", "delta-spark", "torch", "petastorm", "mlflow"))
 
 
 # --- config ------------------------------------------------------------------------------

@@ -89,32 +89,15 @@ def log(msg: str) -> None:
 # --- machine -----------------------------------------------------------------------------------
 
 def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"nproc": _machine.usable_cores(), "cpu_model": _machine.cpu_model(),
-                            "platform": platform.platform(), "python": platform.python_version()}
-    try:
-        info["mem_total_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    return info
+    return _machine.machine_info()
 
 
 def loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
+    return _machine.loadavg()
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("pyspark", "delta-spark", "torch", "mlflow", "lightgbm", "bm25s", "sentence-transformers"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+    return _machine.versions(("pyspark", "delta-spark", "torch", "mlflow", "lightgbm", "bm25s", "sentence-transformers"))
 
 
 # --- configs and the work folder -----------------------------------------------------------------
@@ -460,7 +443,7 @@ def render(r: dict[str, Any]) -> str:
               f"{'met' if s['goal']['met'] else 'NOT met'}"]
 
     lat = r["latency"]
-    L += ["", f"**Latency**, warm process, torch {lat['torch_threads']} thread, {lat['queries']} held-out searches "
+    L += ["", f"**Latency**, warm process, torch {lat['torch_threads']} thread(s), {lat['queries']} held-out searches "
               f"with their users (states prepared beforehand); search = `engine.search(query, state, 10)` (raw "
               f"query text), suggest = `engine.suggest(first {SUGGEST_PREFIX_CHARS} characters of the normalised "
               "query, state, 10)`, personalised; ms:", "",
@@ -497,6 +480,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--holdout-days", type=int, default=3, help="days after the cutoff held out (default 3)")
     p.add_argument("--work", default="/tmp/bench-search/work", help="scratch folder for the two lakehouses "
                                                                     "(wiped at the start; default /tmp/bench-search/work)")
+    p.add_argument("--threads", type=int, default=TORCH_THREADS,
+                   help=f"torch threads of the warm serving process (default {TORCH_THREADS}; the machine's cores: 2)")
     p.add_argument("--skip-100k", action="store_true", help="skip the latency at a generated 100k-item catalogue")
     p.add_argument("--config", default=str(REPO / "conf" / "local.yaml"), help="config overlay; default conf/local.yaml")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "search.json"), help="the JSON file to write")
@@ -544,7 +529,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     engine, users, info = load_engine(spark, cfg_train)
     if engine.ranker is None or engine.recommender is None:
         raise RuntimeError(f"TRAIN has no registered ranker or recommender: {info}")
-    torch.set_num_threads(TORCH_THREADS)
+    torch.set_num_threads(args.threads)
     bench["load held-out searches and engine"] = round(time.time() - t, 1)
     log(f"engine: {info}; held-out searches {len(every)}, engaged {len(labelled)}")
 
@@ -577,7 +562,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if not args.skip_100k:
         t = time.time()
         big, big_states, secs, arch = big_engine(cfg_train, engine, users, sample["user_id"].tolist(), BIG_ITEMS)
-        torch.set_num_threads(TORCH_THREADS)
+        torch.set_num_threads(args.threads)
         catalogues["100k"] = {"items": big.n, **measure(big, queries, prefixes, big_states),
                               "build_seconds": secs, "recommender": arch, "embedding_dim": int(big.embeddings.shape[1])}
         bench["latency 100k (build included)"] = round(time.time() - t, 1)
