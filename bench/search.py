@@ -312,7 +312,7 @@ def measure(engine, queries: list[str], prefixes: list[str], states) -> dict[str
         return percentiles(times)
 
     def cold(q: str, st) -> None:
-        engine._query_cache.clear()  # the engine has no public way to empty its query-vector cache
+        engine.clear_cache()
         engine.search(q, st, 10)
 
     for q, p, st in list(zip(queries, prefixes, states))[:20]:

@@ -146,6 +146,7 @@ class SearchEngine:
         self.ranker_features = tuple(ranker_features)
         self.candidates = candidates
         self.suggestions = suggestions or {}
+        self.prefix_len = max((len(k) for k in self.suggestions), default=0)  # the longest prefix stored
         self.query_items = query_items or {}
         # The shop's top-category mix (items weighted by their users): what a user's mix is compared to.
         self.shop_categories = self._category_shares(list(range(n)), np.exp(self.static["log_users"]))
@@ -229,12 +230,16 @@ class SearchEngine:
                 out.append(w)
         return out, fixed
 
+    def clear_cache(self) -> None:
+        """Forget every cached query vector (the next request for each runs the encoder)."""
+        self._query_cache.clear()
+
     def query_vector(self, normalised: str) -> np.ndarray:
         v = self._query_cache.get(normalised)
         if v is None:
             v = np.asarray(self.encode_query(normalised), dtype=np.float32)
             self._query_cache[normalised] = v
-            if len(self._query_cache) > self.cache_size:
+            while len(self._query_cache) > self.cache_size:
                 self._query_cache.popitem(last=False)
         else:
             self._query_cache.move_to_end(normalised)
@@ -424,8 +429,7 @@ class SearchEngine:
         p = normalise_query(prefix)
         if prefix and prefix[-1:].isspace() and p:
             p += " "  # "eye " asks for the next word
-        max_len = max((len(k) for k in self.suggestions), default=0)
-        key = p[:max_len].rstrip()
+        key = p[:self.prefix_len].rstrip()
         found = [c for c in self.suggestions.get(key, []) if c[0].startswith(p)]
         if found or len(p) < TYPO_MIN_CHARS:
             return p, found, False
