@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from recsys.search.text import describe_bad_query, normalise_query, one_edit_variants, tokens
+from recsys.search.text import describe_bad_query, normalise_query, one_edit_variants, tokens, within_one_edit
 
 # The ranker's features, in the order of its input columns. The first block needs no user.
 BASE_FEATURES = ("bm25", "bm25_rel", "bm25_rank", "cosine", "cosine_rel", "cosine_rank", "title_cover",
@@ -438,7 +438,10 @@ class SearchEngine:
             for c in self.suggestions.get(v, []):
                 if c[0] not in weights or weights[c[0]][1] < c[1]:
                     weights[c[0]] = c
-        ranked = sorted(weights.values(), key=lambda c: (-c[1], -c[2], c[0]))
+        # A prefix longer than the stored keys: keep the completions that start within one typo of it.
+        close = [c for c in weights.values() if len(p) <= self.prefix_len
+                 or any(within_one_edit(p, c[0][:n]) for n in (len(p) - 1, len(p), len(p) + 1))]
+        ranked = sorted(close, key=lambda c: (-c[1], -c[2], c[0]))
         return p, ranked, bool(ranked)
 
     def suggest(self, prefix: str | None, user: UserState | None = None, top_k: int = 10,

@@ -85,6 +85,22 @@ def one_edit_variants(prefix: str) -> set[str]:
     return {v for v in out if v and not v.startswith(" ") and not v.endswith(" ")}
 
 
+def within_one_edit(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are equal or one edit apart (a deletion, insertion,
+    substitution or transposition of neighbours): the one-typo rule of ``one_edit_variants``."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    if len(a) == len(b):
+        return a[i + 1:] == b[i + 1:] or (a[i + 2:] == b[i + 2:] and a[i:i + 2] == b[i:i + 2][::-1])
+    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+    return longer[i + 1:] == shorter[i:]
+
+
 def describe_bad_query(text: str | None) -> str | None:
     """Why ``text`` cannot be searched (a sentence for the shopper), or None when it can."""
     if text is None or not str(text).strip():

@@ -85,6 +85,8 @@ def test_suggestions_popular_typo_tolerant_and_personal(engine):
     assert typo["typo"] and [s["query"] for s in typo["suggestions"]] == ["cookbook"]
     assert not engine.suggest("cpo")["suggestions"]  # shorter than 4 characters: no typo allowed
     assert [s["query"] for s in engine.suggest("Cookbooks")["suggestions"]] == ["cookbook"]  # longer than kept
+    assert [s["query"] for s in engine.suggest("cookbokk")["suggestions"]] == ["cookbook"]  # a typo past the key
+    assert engine.suggest("cookbkzzz")["suggestions"] == []  # nothing within one typo of what was typed
     cat_food = [p for p in range(engine.n) if _leaf(engine, p) == "cat food"][:3]
     fan = engine.user_states([([engine.item_idx[p] for p in cat_food], [1] * len(cat_food))], [["cat food"]])[0]
     personal = engine.suggest("c", fan, top_k=3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from recsys.search.text import (MAX_QUERY_CHARS, describe_bad_query, fold_plural, normalise_query, one_edit_variants,
-                                prefixes, tokens)
+                                prefixes, tokens, within_one_edit)
 
 
 @pytest.mark.parametrize("raw, normal", [
@@ -51,3 +51,11 @@ def test_one_edit_variants_cover_each_kind_of_typo():
     v = one_edit_variants("cofe")
     assert {"coffe", "cofee", "coe", "ocfe", "cafe"} <= v  # insertion, deletion, transposition, substitution
     assert "cofe" not in v and not any(x.startswith(" ") or x.endswith(" ") for x in v)
+
+
+def test_within_one_edit_agrees_with_the_variants():
+    for word in ("cofe", "eye c", "tent"):
+        for v in one_edit_variants(word):
+            assert within_one_edit(word, v) and within_one_edit(v, word)
+    assert within_one_edit("tent", "tent") and not within_one_edit("tent", "tnet s")
+    assert not within_one_edit("coffee", "cafeee") and not within_one_edit("ab", "ba c")
