@@ -330,10 +330,23 @@ class ScoringConfig:
     batch_size: int = 512
     run_date: str = ""  # default: today (UTC)
     model_version: str = ""  # default: the version behind tracking.alias
+    # Business rules, applied as masks in scoring (recsys.scoring.ranking).
+    in_stock_only: bool = True  # never recommend an item the catalogue marks out of stock
+    max_per_brand: int = 0  # at most this many items of one brand in a user's top-K (0 = no limit)
+    allow_categories: list[str] = field(default_factory=list)  # only these category paths (and below); [] = all
+    deny_categories: list[str] = field(default_factory=list)  # never these category paths (and below)
+    fill: bool = True  # fewer than top_k left: fill with popular items of the user's categories, then the shop's
+    block_items: int = 8192  # items per block of the score matrix (memory: batch_size x this x 4 bytes)
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ConfigError("scoring.top_k must be >= 1")
+        for key in ("max_per_brand",):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"scoring.{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("batch_size", "block_items"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"scoring.{key} must be >= 1, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,9 @@ def summarise(spark: SparkSession, cfg: Config, reports: dict[str, dict[str, Any
             "recent_history": [{"item_id": h["item_id"], "event_type": h["event_type"],
                                 "title": titles.get(h["item_id"], ("?", ""))[0], "ts": str(h["ts"])} for h in hist],
             "recommendations": [{"rank": r["rank"], "item_id": r["item_id"], "title": titles.get(r["item_id"], ("?", ""))[0],
-                                 "score": round(float(r["score"]), 4), "reason_item_id": r["reason_item_id"],
-                                 "reason": f"because of {titles.get(r['reason_item_id'], ('?', ''))[0]}"} for r in top],
+                                 "score": None if r["score"] is None else round(float(r["score"]), 4),
+                                 "reason_item_id": r["reason_item_id"], "reason": r["reason"], "source": r["source"]}
+                                for r in top],
         })
     baselines = [name for name in m if name != "model"]
     first = baselines[0] if baselines else None
@@ -172,7 +173,8 @@ def render(s: dict[str, Any]) -> str:
             lines.append(f"    {h['event_type']:<12} {h['item_id']}  {h['title']}")
         lines.append(f"  top-{s['top_k']} recommendations")
         for r in u["recommendations"]:
-            lines.append(f"  {r['rank']:>3}. {r['item_id']}  {r['title'][:40]:<40} {r['score']:>8.3f}  {r['reason']}")
+            score = "" if r["score"] is None else f"{r['score']:.3f}"
+            lines.append(f"  {r['rank']:>3}. {r['item_id']}  {r['title'][:40]:<40} {score:>8}  {r['reason']}")
     if s.get("search"):
         lines += render_search_sample(s["search"])
     return "\n".join(lines)

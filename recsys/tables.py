@@ -126,8 +126,10 @@ def read_pinned(spark: SparkSession, path: str, version: int | None = None) -> D
 
 
 def write_table(df: DataFrame, cfg: Config, name: str, *, partition_by: list[str] | None = None,
-                replace_where: str | None = None, properties: dict[str, str] | None = None) -> None:
-    """Overwrite the Delta table ``name`` (or only the rows matching ``replace_where``).
+                replace_where: str | None = None, properties: dict[str, str] | None = None,
+                merge_schema: bool = False) -> None:
+    """Overwrite the Delta table ``name`` (or only the rows matching ``replace_where``;
+    ``merge_schema``: new columns of ``df`` are added to the table, older rows read null).
 
     ``properties`` are table properties (``delta.…``): set when the write creates the table,
     and added with ``ALTER TABLE`` to an existing table that lacks them."""
@@ -138,6 +140,8 @@ def write_table(df: DataFrame, cfg: Config, name: str, *, partition_by: list[str
     writer = df.write.format("delta").mode("overwrite")
     if replace_where:
         writer = writer.option("replaceWhere", replace_where)
+        if merge_schema:
+            writer = writer.option("mergeSchema", "true")
     else:
         writer = writer.option("overwriteSchema", "true")
     if partition_by:

@@ -70,6 +70,14 @@ class SequentialRecommender(Protocol):
         """(N+1, H) output vectors of every item (row 0 = padding), or those of ``ids``."""
         ...
 
+    def new_item_vectors(self, text: torch.Tensor, category: torch.Tensor, brand: torch.Tensor,
+                         price: torch.Tensor) -> torch.Tensor | None:
+        """(M, H) vectors for M items added after training, from their (M, text_dim) text
+        embeddings and (M,) category, brand and price-bucket ids; None when the model cannot
+        place an item without interactions (no text features). Rows appended to
+        ``item_vectors()`` (ids N+1…) score and encode like trained items."""
+        ...
+
     def encode(self, items: torch.Tensor, types: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) ids and types → (B, L, H) hidden states; position t sees steps <= t only.
         ``vectors``: the precomputed ``item_vectors()``, to reuse across batches. A state

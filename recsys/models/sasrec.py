@@ -136,6 +136,23 @@ class SASRec(nn.Module):
             v = v + self.text_proj(pick(self.item_text))
         return v
 
+    def new_item_vectors(self, text: torch.Tensor, category: torch.Tensor, brand: torch.Tensor,
+                         price: torch.Tensor) -> torch.Tensor | None:
+        """Vectors for items added after training, (M, H), from what they have without any
+        interaction: the text embedding through the learned text projection plus the side
+        embeddings of their category, brand and price bucket (ids the model never saw count as
+        none). No id embedding: that is what interactions would have taught. None when the
+        model was trained without text features (a new item is then left to the fill)."""
+        if self.spec.text_dim <= 0 or text.shape[-1] != self.spec.text_dim:
+            return None
+        v = self.text_proj(text.float())
+        for name, ids in (("category", category), ("brand", brand), ("price", price)):
+            if name in self.side:
+                emb = self.side[name]
+                ids = ids.long()
+                v = v + emb(ids.masked_fill((ids < 0) | (ids >= emb.num_embeddings), 0))
+        return v
+
     def encode(self, items: torch.Tensor, types: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) ids and event types → (B, L, H) causal hidden states. ``vectors``: the
         precomputed (N+1, H) ``item_vectors()``, or None to fuse only the ids in ``items``."""

@@ -12,9 +12,14 @@ model works the MLflow way::
 and equally through ``mlflow.pyfunc.spark_udf`` and ``mlflow models serve``. Input: one row
 per user, the raw item ids of the recent history (oldest first) and optionally the event type
 of each (view, click, add_to_cart, purchase; default view). Output per row: the top-K raw item
-ids, their scores and the history item that explains each. Batch scoring
-(:mod:`recsys.scoring.batch`) loads the same artifacts and goes through the same
-:func:`rank_catalogue`, so both give the same recommendations for the same history.
+ids, their scores (NaN for a row the popularity fill added), the history item that explains
+each and the path that produced it (``sources``: model, model_short_history,
+popular_in_category, popular). Batch scoring (:mod:`recsys.scoring.batch`) loads the same
+network and goes through the same :func:`recsys.scoring.ranking.rank_users`, so both give the
+same recommendations for the same history; the served model applies the catalogue's business
+rules (stock, categories, brand cap, fill) as they were at training (``rules.npz``), batch
+scoring as they are on its run date. :func:`rank_catalogue` is the model's ranking without
+rules (evaluation and the training run's samples).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from recsys.events import EVENT_TYPE_INDEX
 
 NETWORK = "network.pt"  # the pickled torch module
 VOCABULARY = "vocabulary.json"  # {"items": [null, id of item 1, …]}
+RULES = "rules.npz"  # the catalogue's business rules (recsys.scoring.ranking.ItemRules) at training time
 EXCLUDE = ("purchased", "interacted", "none")
 # What a served model needs: the stack it was trained with, pinned to the versions used.
 REQUIREMENTS = ("torch", "mlflow", "numpy", "pandas", "pyyaml", "cloudpickle")
@@ -125,11 +131,14 @@ class RecommenderModel(PythonModel):
                                                  Path(context.artifacts["vocabulary"]))
         self.index = {item: i for i, item in enumerate(self.items) if i > 0}
         self.vectors = None
+        self.rules = read_rules(Path(context.artifacts["rules"])) if "rules" in context.artifacts \
+            else neutral_rules(self.model.spec.num_items)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import torch
 
         from recsys.models.loading import pad_left
+        from recsys.scoring.ranking import SOURCES, padded, rank_users
 
         params = params or {}
         top_k = int(params.get("top_k", 10))
@@ -160,17 +169,43 @@ class RecommenderModel(PythonModel):
                 self.vectors = self.model.item_vectors()
             items = torch.from_numpy(pad_left(ids, L))
             types = torch.from_numpy(pad_left(kinds, L))
-            excluded = exclusion_mask(seen, self.model.spec.num_items + 1)
-            top, scores, reasons = rank_catalogue(self.model, self.vectors, items, types, excluded, top_k)
-        # Fewer than top_k items left after the exclusions: only those (excluded ones score -inf).
-        keep = torch.isfinite(scores)
-        rows = [(t[:k], s[:k], r[:k]) for t, s, r, k in zip(top.tolist(), scores.tolist(), reasons.tolist(),
-                                                         keep.sum(1).tolist())]
+            out = rank_users(self.model, self.vectors, self.rules, items, types, padded(seen), top_k)
+        # Fewer than top_k items left after the exclusions and rules: only those.
+        rows = []
+        for t, s, r, src in zip(out["items"].tolist(), out["scores"].tolist(), out["reasons"].tolist(),
+                                out["sources"].tolist()):
+            k = sum(1 for x in src if x >= 0)
+            rows.append((t[:k], s[:k], r[:k], src[:k]))
         return pd.DataFrame({
-            "item_ids": [[self.items[i] for i in t] for t, _, _ in rows],
-            "scores": [list(map(float, s)) for _, s, _ in rows],
-            "reason_item_ids": [[self.items[i] for i in r] for _, _, r in rows],
+            "item_ids": [[self.items[i] for i in t] for t, _, _, _ in rows],
+            "scores": [list(map(float, s)) for _, s, _, _ in rows],
+            "reason_item_ids": [[self.items[i] if i > 0 else None for i in r] for _, _, r, _ in rows],
+            "sources": [[SOURCES[x] for x in src] for _, _, _, src in rows],
         })
+
+
+def neutral_rules(num_items: int):
+    """No rules: every item allowed, no brand cap, no fill (a model logged without rules)."""
+    from recsys.scoring.ranking import ItemRules
+
+    n = num_items + 1
+    allowed = np.ones(n, dtype=bool)
+    allowed[0] = False
+    return ItemRules(category=np.zeros(n, np.int64), brand=np.zeros(n, np.int64), allowed=allowed,
+                     popularity=np.zeros(n), fill=False)
+
+
+def write_rules(rules, path: Path) -> None:
+    np.savez(path, category=rules.category, brand=rules.brand, allowed=rules.allowed, popularity=rules.popularity,
+             max_per_brand=rules.max_per_brand, fill=rules.fill)
+
+
+def read_rules(path: Path):
+    from recsys.scoring.ranking import ItemRules
+
+    with np.load(path) as z:
+        return ItemRules(category=z["category"], brand=z["brand"], allowed=z["allowed"], popularity=z["popularity"],
+                         max_per_brand=int(z["max_per_brand"]), fill=bool(z["fill"]))
 
 
 def signature():
@@ -180,7 +215,7 @@ def signature():
     return ModelSignature(
         inputs=Schema([ColSpec(Array("string"), "item_ids"), ColSpec(Array("string"), "event_types", required=False)]),
         outputs=Schema([ColSpec(Array("string"), "item_ids"), ColSpec(Array("double"), "scores"),
-                        ColSpec(Array("string"), "reason_item_ids")]),
+                        ColSpec(Array("string"), "reason_item_ids"), ColSpec(Array("string"), "sources")]),
         params=ParamSchema([ParamSpec("top_k", "long", 10), ParamSpec("exclude", "string", "purchased")]),
     )
 
@@ -192,9 +227,11 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in REQUIREMENTS]
 
 
-def log_recommender(model, item_ids: list, registered_model_name: str | None, workdir: Path):
+def log_recommender(model, item_ids: list, registered_model_name: str | None, workdir: Path, rules=None):
     """Log ``model`` (a trained network, eval mode, on the CPU) as the pyfunc model "model" of
-    the active run, registered as ``registered_model_name``; returns MLflow's ModelInfo."""
+    the active run, registered as ``registered_model_name``; returns MLflow's ModelInfo.
+    ``rules``: the catalogue's :class:`~recsys.scoring.ranking.ItemRules` the served model
+    applies as batch scoring does (stock, categories, brand cap, fill) as of training."""
     import mlflow
     import torch
 
@@ -204,12 +241,16 @@ def log_recommender(model, item_ids: list, registered_model_name: str | None, wo
     network, vocabulary = workdir / NETWORK, workdir / VOCABULARY
     torch.save(model, network)
     vocabulary.write_text(json.dumps({"items": item_ids}))
+    artifacts = {"network": str(network), "vocabulary": str(vocabulary)}
+    if rules is not None:
+        write_rules(rules, workdir / RULES)
+        artifacts["rules"] = str(workdir / RULES)
     example_items = [i for i in item_ids[1:4] if i is not None]
     example = pd.DataFrame({"item_ids": [example_items], "event_types": [["view"] * len(example_items)]})
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=RecommenderModel(),
-        artifacts={"network": str(network), "vocabulary": str(vocabulary)},
+        artifacts=artifacts,
         code_paths=[str(Path(recsys.__file__).parent)],
         signature=signature(),
         input_example=(example, {"top_k": 10}),

@@ -106,8 +106,45 @@ class QueryEncoder:
     def __call__(self, text: str) -> np.ndarray:
         from recsys.features.text import load_encoder
 
-        return load_encoder(self.model_path).encode([text], normalize_embeddings=True, convert_to_numpy=True,
-                                                    show_progress_bar=False)[0]
+        model = load_encoder(self.model_path)
+        fast = _mean_pooled(model)
+        if fast is None:
+            return model.encode([text], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)[0]
+        return fast(text)
+
+
+def _mean_pooled(model):
+    """For the usual Transformer → mean Pooling (→ Normalize) sentence-transformers pipeline,
+    a function that encodes one text with the tokenizer and the transformer directly: the same
+    vector as ``model.encode`` (tested) without its batching machinery, which costs a fifth of
+    a single short query's time. None for any other pipeline (``encode`` is used)."""
+    fast = getattr(model, "_recsys_one_text", False)
+    if fast is not False:
+        return fast
+    import torch
+
+    modules = list(model)
+    names = [type(m).__name__ for m in modules]
+    pooling = modules[1] if len(modules) > 1 else None
+    fast = None
+    mode = getattr(pooling, "pooling_mode", None)  # sentence-transformers 5: "mean", "cls", …
+    mean_only = mode == "mean" if isinstance(mode, str) else (  # older: one flag per mode
+        getattr(pooling, "pooling_mode_mean_tokens", False)
+        and not any(getattr(pooling, f"pooling_mode_{m}", False)
+                    for m in ("cls_token", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")))
+    if names[:2] == ["Transformer", "Pooling"] and set(names[2:]) <= {"Normalize"} and mean_only \
+            and hasattr(modules[0], "auto_model") and getattr(model, "tokenizer", None) is not None:
+        tokenizer, bert, max_len = model.tokenizer, modules[0].auto_model, model.max_seq_length
+
+        def fast(text: str) -> np.ndarray:
+            with torch.inference_mode():
+                batch = tokenizer([text], return_tensors="pt", truncation=True, max_length=max_len)
+                hidden = bert(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                v = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                return torch.nn.functional.normalize(v, dim=1)[0].numpy()
+    model._recsys_one_text = fast
+    return fast
 
 
 def query_encoder(cfg: Config) -> QueryEncoder:

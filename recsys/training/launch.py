@@ -15,6 +15,7 @@ from recsys.config import Config, ConfigError, NegativeSampler, TrainConfig, War
 from recsys.errors import DataError, UsageError
 from recsys.models import Catalogue
 from recsys.reports import write_report
+from recsys.scoring.batch import item_rules
 from recsys.timing import StepTimer
 from recsys.tables import read_table, table_exists
 from recsys.training.data import materialise
@@ -264,6 +265,7 @@ def train(spark: SparkSession, cfg: Config, resume_run_id: str | None = None) ->
         tracking_uri=cfg.tracking_uri,
         run_id=run_id,
         item_ids=item_vocabulary(spark, cfg, catalogue.num_items),
+        rules=item_rules(spark, cfg),
         checkpoint_dir=checkpoint_dir,
         resume=bool(resuming),
         warm_state=warm,

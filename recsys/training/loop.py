@@ -37,6 +37,7 @@ class TrainJob:
     checkpoint_dir: str = ""  # where rank 0 writes a checkpoint after every epoch ("" = none); see checkpoints
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
     warm_state: dict | None = None  # initial weights (a warm start from the champion), else random
+    rules: Any = None  # recsys.scoring.ranking.ItemRules the served model applies (None: no rules)
 
     @property
     def max_seconds(self) -> float:
@@ -374,7 +375,7 @@ def _log_model(mlflow, model, job: TrainJob, summary: dict) -> dict:
 
     item_ids = job.item_ids or [None, *map(str, range(1, model.spec.num_items + 1))]
     with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
-        info = log_recommender(model, item_ids, job.tracking.model_name, Path(tmp))
+        info = log_recommender(model, item_ids, job.tracking.model_name, Path(tmp), rules=job.rules)
     out = {"model_uri": info.model_uri, "run_id": job.run_id}
     version = getattr(info, "registered_model_version", None)
     if job.tracking.model_name and version is not None:

@@ -5,6 +5,7 @@ lines. (The notebook, the HTTP model server and killed training: tests/system.)"
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from recsys.demo import render
 from recsys.forget import USER_COLUMNS, forget_user
 from recsys.privacy import pseudonymise, resolve_key
 from recsys.scoring.batch import recommend
+from recsys.scoring.ranking import SOURCES
 from recsys.tables import read_table
 
 from ..conftest import ROOT
@@ -84,6 +86,21 @@ def test_demo_end_to_end(spark, demo_run):
     assert recs.join(hist_items, ["user_id", "reason_item_id"], "left_anti").count() == 0
     ordered = recs.where("rank <= 2").groupBy("user_id").pivot("rank").agg(F.first("score"))
     assert ordered.where("`1` < `2`").count() == 0
+    # every row says which path made it and why, in words; no out-of-stock item (the default rule)
+    by_source = dict(recs.groupBy("source").count().collect())
+    assert by_source.get("model", 0) > 0 and set(by_source) <= set(SOURCES), by_source
+    model_rows = recs.where(F.col("source").startswith("model"))
+    assert model_rows.where("reason_item_id IS NULL OR reason NOT RLIKE '^because you (viewed|clicked|added to "
+                            "your cart|bought) .+'").count() == 0
+    fill_rows = recs.where(~F.col("source").startswith("model"))
+    assert fill_rows.where("score IS NOT NULL OR reason NOT LIKE 'popular in %'").count() == 0
+    stock = read_table(spark, cfg, "item_profiles").select("item_id", "in_stock")
+    assert stock.where("NOT in_stock").count() > 0 and recs.join(stock.where("NOT in_stock"), "item_id").count() == 0
+    # a user with no event the model knows (only searches) still gets K popular items, said so
+    no_history = profiles.where("n_steps = 0").select("user_id")
+    if no_history.count():
+        assert recs.join(no_history, "user_id").where("source NOT LIKE 'popular%'").count() == 0
+
 
     # a rerun for the same run_date replaces, never duplicates
     before = recs.count()
@@ -104,6 +121,19 @@ def test_demo_end_to_end(spark, demo_run):
     audit = spark.read.format("delta").load(cfg.table_path("forget_audit")).collect()
     assert [a["user_key"] for a in audit] == [pid]
     assert victim not in json.dumps([a.asDict() for a in audit], default=str)
+
+    # The rules from config, on another run date: a denied category and one item per brand.
+    top = read_table(spark, cfg, "item_profiles").groupBy("top_category").count().orderBy(F.desc("count")).first()[0]
+    ruled = replace(cfg, scoring=replace(cfg.scoring, run_date="2026-11-02", max_per_brand=1,
+                                         deny_categories=[top]))
+    rep = recommend(spark, ruled)
+    assert rep["rules"]["deny_categories"] == [top]
+    day = (read_table(spark, cfg, "recommendations").where("run_date = DATE'2026-11-02'")
+           .join(read_table(spark, cfg, "item_profiles").select("item_id", "brand", "top_category", "in_stock"),
+                 "item_id"))
+    assert day.where(F.col("top_category") == top).count() == 0 and day.where("NOT in_stock").count() == 0
+    assert day.groupBy("user_id", "brand").count().where("brand IS NOT NULL AND count > 1").count() == 0
+    assert day.count() > 0 and rep["rows"] == day.count()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -211,3 +241,52 @@ def test_search_tables_ranker_and_commands(spark, demo_run, capsys):
     per = res.groupBy("search_id").agg(F.min("rank").alias("lo"), F.max("rank").alias("hi"), F.count("*").alias("n"))
     assert per.where(f"lo != 1 or hi != n or n != {cfg.search.top_k}").count() == 0
     assert [r[0] for r in res.select("ranker_version").distinct().collect()] == ["1"]
+
+
+def test_items_added_after_training_are_recommended_by_their_text(spark, demo_run):
+    """Cold start, the module's last test (it changes the catalogue): items added after
+    training, each with the text of a popular item, get vectors from their text through the
+    model's learned text projection; scoring recommends them (source new_item) and explains
+    them with the user's history ("new in <category> like <title>"); they rank better for the
+    users who had the original than for the others.
+
+    The new items enter ``item_profiles`` and ``item_text_embeddings`` as build-profiles and
+    embed-text add them (the next free ids, the encoder's vector of the same text: those
+    stages' own tests check that), so that only scoring runs again here."""
+    cfg, _, _ = demo_run
+    profiles = read_table(spark, cfg, "item_profiles")
+    popular = [r["item_id"] for r in profiles.where("in_stock").orderBy(F.desc("users"), "item_id").limit(4).collect()]
+    new = {f"new-{i}": i for i in popular}
+    top = profiles.agg(F.max("item_idx")).first()[0]
+    ids = spark.createDataFrame([(n, i, top + k + 1) for k, (n, i) in enumerate(new.items())],
+                                "new_id string, item_id string, new_idx int")
+    fresh = (profiles.join(ids, "item_id")
+             .withColumn("item_id", F.col("new_id")).withColumn("item_idx", F.col("new_idx"))
+             .withColumn("popularity_rank", F.lit(None).cast("int"))
+             .select(*profiles.columns))
+    for c in ("views", "clicks", "carts", "purchases", "users"):
+        fresh = fresh.withColumn(c, F.lit(0).cast(profiles.schema[c].dataType))
+    fresh.write.format("delta").mode("append").save(cfg.table_path("item_profiles"))
+    text = read_table(spark, cfg, "item_text_embeddings")
+    (text.join(ids, "item_id").withColumn("item_id", F.col("new_id")).select(*text.columns)
+     .write.format("delta").mode("append").save(cfg.table_path("item_text_embeddings")))
+
+    top_k = 40  # of ~120 items: enough to see where the new ones land
+    rep = recommend(spark, replace(cfg, scoring=replace(cfg.scoring, run_date="2026-11-03", top_k=top_k)))
+    assert rep["new_items"] == len(new) and rep["rows_by_source"].get("new_item", 0) > 0
+
+    recs = read_table(spark, cfg, "recommendations").where("run_date = DATE'2026-11-03'")
+    added = recs.where(F.col("item_id").isin(list(new)))
+    assert added.where("source LIKE 'model%'").count() == 0
+    rows = added.where("source = 'new_item'").collect()
+    assert rows and all(r["reason"].startswith("new in ") and " like " in r["reason"] for r in rows)
+    history = {r["user_id"]: set(r["items"]) for r in read_table(spark, cfg, "user_profiles")
+               .select("user_id", F.col("history.item_id").alias("items")).collect()}
+    assert all(r["reason_item_id"] in history[r["user_id"]] for r in rows)
+    # Where the copy of X lands (rank, top_k + 1 when not in the top-K) for users who had X and for the rest.
+    ranks = {(r["user_id"], r["item_id"]): r["rank"] for r in added.collect()}
+    had, rest = [], []
+    for n, original in new.items():
+        for user, items in history.items():
+            (had if original in items else rest).append(ranks.get((user, n), top_k + 1))
+    assert had and rest and sum(had) / len(had) < sum(rest) / len(rest), (sum(had) / len(had), sum(rest) / len(rest))

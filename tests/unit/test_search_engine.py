@@ -103,3 +103,17 @@ def test_graded_metrics():
     swapped = graded_metrics(["b", "a"], rel)
     assert swapped["mrr"] == 1.0 and 0.5 < swapped["ndcg@10"] < 1.0
     assert graded_metrics(["x"] * 10 + ["a"], rel) == {"ndcg@10": 0.0, "mrr": 1 / 11, "hr@10": 0.0}
+
+
+def test_the_one_query_encoder_gives_the_pipelines_vectors():
+    """The direct tokenizer + transformer + mean pooling path for one query equals
+    sentence-transformers' encode (the vectors the items were encoded with)."""
+    from recsys.search.service import _mean_pooled
+
+    encode = query_encoder(load_config(None))
+    model = load_encoder(encode.model_path)
+    assert _mean_pooled(model) is not None  # all-MiniLM-L6-v2: Transformer, mean Pooling, Normalize
+    for text in ("coffee maker", "Crème brûlée TORCH!", "", "eye cream " * 300, "кофеварка"):
+        want = model.encode([text], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)[0]
+        got = encode(text)
+        assert got.shape == want.shape and np.allclose(got, want, atol=1e-5), text

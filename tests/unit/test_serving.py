@@ -49,7 +49,8 @@ def test_the_logged_model_has_a_signature_an_example_and_pinned_requirements(log
 
     _, _, info = logged
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["item_ids", "event_types"]
-    assert [c["name"] for c in info.signature.outputs.to_dict()] == ["item_ids", "scores", "reason_item_ids"]
+    assert [c["name"] for c in info.signature.outputs.to_dict()] == ["item_ids", "scores", "reason_item_ids",
+                                                                     "sources"]
     assert {p.name for p in info.signature.params} == {"top_k", "exclude"}
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
     reqs = (local / "requirements.txt").read_text().split()
@@ -66,7 +67,9 @@ def test_pyfunc_predict_ranks_like_the_shared_code_with_exclusions(logged):
     histories = [["sku-3", "sku-7", "sku-9"], ["sku-1"], ["unknown-item", "sku-4"]]
     types = [["view", "purchase", "click"], ["add_to_cart"], ["view", "view"]]
     out = served.predict(pd.DataFrame({"item_ids": histories, "event_types": types}), params={"top_k": 5})
-    assert list(out.columns) == ["item_ids", "scores", "reason_item_ids"] and len(out) == 3
+    assert list(out.columns) == ["item_ids", "scores", "reason_item_ids", "sources"] and len(out) == 3
+    # Logged without rules: the model's own ranking, every row from the model.
+    assert out["sources"].tolist() == [["model"] * 5, ["model_short_history"] * 5, ["model_short_history"] * 5]
 
     idx = [[items.index(i) for i in h if i in items] for h in histories]
     kinds = [[EVENT_TYPE_INDEX[t] for i, t in zip(h, ts) if i in items] for h, ts in zip(histories, types)]
@@ -88,3 +91,28 @@ def test_pyfunc_predict_ranks_like_the_shared_code_with_exclusions(logged):
     assert len(plain["item_ids"][0]) == 3  # event types are optional (views)
     with pytest.raises(Exception, match="exclude must be one of purchased, interacted, none"):
         served.predict(pd.DataFrame({"item_ids": [histories[0]]}), params={"exclude": "all"})
+
+
+def test_a_model_logged_with_rules_serves_them(logged, tmp_path):
+    """The catalogue's rules travel with the model: items 2-5 out of stock are never served,
+    and a history the model does not know gets the shop's most popular allowed items."""
+    import mlflow
+    import numpy as np
+
+    from recsys.scoring.ranking import ItemRules
+
+    model, items, _ = logged
+    allowed = np.r_[False, np.ones(20, bool)]
+    allowed[2:6] = False
+    rules = ItemRules(category=np.r_[0, np.arange(20) % 3 + 1], brand=np.zeros(21, np.int64), allowed=allowed,
+                      popularity=-np.arange(21.0))
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("serving").experiment_id):
+        info = log_recommender(model, items, "serving-rules-test", tmp_path / "work", rules=rules)
+    served = mlflow.pyfunc.load_model(info.model_uri)
+    out = served.predict(pd.DataFrame({"item_ids": [["sku-1"], ["unknown-item"]]}),
+                         params={"top_k": 20, "exclude": "interacted"})
+    assert sorted(out["item_ids"][0]) == sorted(f"sku-{i}" for i in range(6, 21))  # 1 seen, 2-5 out of stock
+    assert out["sources"][0] == ["model_short_history"] * 15
+    assert out["item_ids"][1] == [f"sku-{i}" for i in [1, *range(6, 21)]]  # most popular first
+    assert out["sources"][1] == ["popular"] * 16 and np.isnan(out["scores"][1]).all()
+    assert out["reason_item_ids"][1] == [None] * 16
