@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recsys.config import JIT_OPTIONS
+from ..conftest import TEST_JIT_OPTIONS as JIT_OPTIONS  # what the tests' session is configured with
 
 
 def test_the_driver_jvm_was_started_with_the_configured_jit_options(spark):
