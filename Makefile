@@ -8,7 +8,7 @@ ARGS    ?=
 PYTHON  ?= python3.11
 UV      := $(PYTHON) -m uv
 
-.PHONY: setup demo test test-system test-fast clean bench-quality
+.PHONY: setup demo test test-system test-fast clean bench-quality browser cluster-test
 setup: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
@@ -32,8 +32,25 @@ test: setup
 
 # The system tests (tests/system): the notebook, `mlflow models serve` over HTTP, killed and
 # resumed training. Their own pipeline run; CI runs them after `make test`.
-test-system: setup
+test-system: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider -m system --durations=10 $(ARGS) tests/system
+
+# Headless Chromium (Debian's package) for the report's browser test (tests/system/test_report.py).
+browser:
+	@if [ -x /usr/bin/chromium ]; then echo "browser: /usr/bin/chromium is installed"; else \
+	  echo "browser: installing Debian's chromium (apt-get install -y --no-install-recommends chromium)"; \
+	  apt-get install -y --no-install-recommends chromium || \
+	  { echo "browser: updating the package lists first (apt-get update)"; apt-get update && \
+	    apt-get install -y --no-install-recommends chromium; }; fi
+
+# A Spark standalone cluster on this machine (a master and two one-core workers), the project's
+# wheel in a node environment (.cluster/venv), every pipeline stage through spark-submit, compared
+# with a spark-submit --master local[2] run; one worker is killed during build-profiles
+# (tests/cluster/runner.py, docs/cluster.md). CLUSTER_SCOPE=small: ingest and
+# build-profiles only (what CI runs). The cluster is always stopped afterwards.
+CLUSTER_SCOPE ?= full
+cluster-test: setup
+	$(PY) tests/cluster/runner.py --scope $(CLUSTER_SCOPE) --uv "$(UV)" $(ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not e2e and not system" $(ARGS)

@@ -79,10 +79,11 @@ def make_tables(spark, cfg, n_items: int, n_users: int, max_len: int, seed: int 
 
     rng = np.random.default_rng(seed)
     cat = rng.integers(1, 201, n_items)
-    items = [(i, f"i{i:07d}", f"item {i}", f"Cat{c % 10}>Sub{c}", int(c), int(rng.integers(1, 2001)),
-              bool(rng.random() >= 0.06), i) for i, c in zip(range(1, n_items + 1), cat)]
-    schema = ("item_idx int, item_id string, title string, category string, category_idx int, brand_idx int, "
-              "in_stock boolean, popularity_rank int")
+    brand = rng.integers(1, 2001, n_items)
+    items = [(i, f"i{i:07d}", f"item {i}", f"Cat{c % 10}>Sub{c}", f"Cat{c % 10}", int(c), f"Brand{b}", int(b),
+              bool(rng.random() >= 0.06), i) for i, c, b in zip(range(1, n_items + 1), cat, brand)]
+    schema = ("item_idx int, item_id string, title string, category string, top_category string, category_idx int, "
+              "brand string, brand_idx int, in_stock boolean, popularity_rank int")
     write_table(spark.createDataFrame(items, schema), cfg, "item_profiles")
     popular = rng.zipf(1.2, size=n_users * 60) % n_items + 1  # a long tail of item popularity
     rows, at = [], 0

@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import enum
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +43,23 @@ class LakehouseConfig:
 
     root: str = "lakehouse"
     landing: str = ""  # raw files; default <root>/landing
+    # Both set: every table is also registered as catalog.schema.<table name> (an external
+    # table at its location, see recsys.tables) and read by that name; "" = by location only.
+    catalog: str = ""
+    schema: str = ""
 
     def __post_init__(self) -> None:
         if not self.root.strip():
             raise ConfigError("lakehouse.root must not be empty")
+        if bool(self.catalog) != bool(self.schema):
+            raise ConfigError("lakehouse.catalog and lakehouse.schema go together: set both (e.g. "
+                              "lakehouse.catalog=spark_catalog lakehouse.schema=recsys) or neither, got "
+                              f"catalog={self.catalog!r} schema={self.schema!r}")
+        for key in ("catalog", "schema"):
+            value = getattr(self, key)
+            if value and not _IDENTIFIER.match(value):
+                raise ConfigError(f"config key 'lakehouse.{key}': {value!r} is not a catalog identifier "
+                                  "(letters, digits, _ and -)")
 
     @property
     def root_uri(self) -> str:
@@ -76,6 +90,9 @@ class LakehouseConfig:
     @property
     def reports_path(self) -> Path:
         return _local(self.reports_uri, "lakehouse.root")
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 
 def _local(uri: str, key: str) -> Path:
@@ -128,6 +145,7 @@ class TablesConfig:
     query_stats: str = "gold/query_stats"
     query_suggestions: str = "gold/query_suggestions"
     search_results: str = "gold/search_results"
+    audiences: str = "gold/audiences"
     forget_audit: str = "audit/forget_audit"  # pseudonyms of forgotten users; ingest drops their rows
 
 
@@ -350,6 +368,38 @@ class ScoringConfig:
 
 
 @dataclass(frozen=True)
+class AudiencesConfig:
+    """Marketing audiences (recsys.scoring.audience_job): the users most likely to engage next
+    with an item, a category or a brand."""
+
+    size: int = 100  # users per audience
+    targets: list[str] = field(default_factory=list)  # "item:<item_id>", "category:<path>", "brand:<name>"
+    # With no targets: the audiences of the most popular items and the largest top-level categories.
+    auto_items: int = 5
+    auto_categories: int = 3
+    exclude_buyers: bool = True  # an item's audience leaves out the users who already bought it
+    batch_size: int = 512  # users per batch
+    eval_min_buyers: int = 3  # evaluation: targets with at least this many held-out buyers
+
+    def __post_init__(self) -> None:
+        for key in ("size", "batch_size", "eval_min_buyers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"audiences.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("auto_items", "auto_categories"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"audiences.{key} must be >= 0, got {getattr(self, key)}")
+        for t in self.targets:
+            kind = str(t).split(":", 1)[0]
+            if kind not in TARGET_TYPES or ":" not in str(t) or not str(t).split(":", 1)[1].strip():
+                raise ConfigError(f"audiences.targets: {t!r} is not one of "
+                                  + ", ".join(f"'{k}:<{'item_id' if k == 'item' else 'path' if k == 'category' else 'name'}>'"
+                                              for k in TARGET_TYPES))
+
+
+TARGET_TYPES = ("item", "category", "brand")
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """Search and query suggestions (recsys.search)."""
 
@@ -415,6 +465,27 @@ class PrivacyConfig:
     vacuum_after_forget: bool = False  # VACUUM RETAIN 0 HOURS after forget-user (no time travel back)
 
 
+# Delta's own default retention (delta.deletedFileRetentionDuration): VACUUM refuses a shorter
+# one unless its safety check is turned off.
+DELTA_RETENTION_HOURS = 168
+
+
+@dataclass(frozen=True)
+class MaintenanceConfig:
+    """``recsys maintain`` (recsys.maintain): OPTIMIZE, then VACUUM, every Delta table."""
+
+    # VACUUM deletes the files no version of the last retain_hours needs (time travel, and
+    # readers or writers still running, need them). Below 168 (Delta's 7 days) maintain turns
+    # Delta's retention check off for its own VACUUM: only while no job writes the tables.
+    retain_hours: int = DELTA_RETENTION_HOURS
+    zorder: bool = True  # OPTIMIZE ... ZORDER BY the keys the jobs read by; false: compaction only
+
+    def __post_init__(self) -> None:
+        if self.retain_hours < 0:
+            raise ConfigError(f"maintenance.retain_hours must be >= 0 (Delta's default: {DELTA_RETENTION_HOURS}), "
+                              f"got {self.retain_hours}")
+
+
 @dataclass(frozen=True)
 class Config:
     env: Env = Env.LOCAL
@@ -432,11 +503,20 @@ class Config:
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    audiences: AudiencesConfig = field(default_factory=AudiencesConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
 
     # --- derived locations -------------------------------------------------------------
     def table_path(self, name: str) -> str:
         """Location (URI or absolute path) of the Delta table called ``name`` (a field of TablesConfig)."""
         return self.lakehouse.uri(getattr(self.tables, name))
+
+    def table_name(self, name: str) -> str:
+        """The catalog name ``catalog.schema.name`` (quoted) of the table ``name`` when
+        ``lakehouse.catalog`` is set, else ""."""
+        getattr(self.tables, name)  # an unknown table is an AttributeError, as in table_path
+        lh = self.lakehouse
+        return f"`{lh.catalog}`.`{lh.schema}`.`{name}`" if lh.catalog else ""
 
     @property
     def tracking_uri(self) -> str:

@@ -23,7 +23,8 @@ from recsys.tables import read_table, table_exists
 log = logging.getLogger(__name__)
 
 TABLES = ("events", "catalog", "users", "quarantine", "user_profiles", "item_profiles", "training_examples",
-          "item_text_embeddings", "recommendations", "searches", "query_stats", "query_suggestions", "search_results")
+          "item_text_embeddings", "recommendations", "searches", "query_stats", "query_suggestions", "search_results",
+          "audiences")
 
 
 def demo(cfg: Config, spark: SparkSession | None = None, sample_users: int = 2) -> dict[str, Any]:
@@ -45,12 +46,30 @@ def demo(cfg: Config, spark: SparkSession | None = None, sample_users: int = 2) 
     summary = summarise(spark, cfg, reports, sample_users=sample_users)
     if "train-search-ranker" in reports:
         summary["search"] = search_sample(spark, cfg, reports)
+    if "audiences" in reports:
+        summary["audience"] = audience_sample(spark, cfg, reports["audiences"])
+    summary["report"] = (reports.get("report") or {}).get("uri")
     summary["generator"] = reports.get("generate")
     summary["timings_seconds"] = timings
     uri = write_named(cfg, "demo.json", json.dumps(summary, indent=2, default=str))
     print(render(summary))
     print(f"\nSummary written to {uri}")
+    if summary["report"]:
+        print(f"Report (open it in a browser): {summary['report']}")
     return summary
+
+
+def audience_sample(spark: SparkSession, cfg: Config, report: dict[str, Any], users: int = 5) -> dict[str, Any]:
+    """The first audience the stage built: its target and its best ``users`` users."""
+    first = report["targets"][0]
+    kind, key = first["target"].split(":", 1)
+    rows = (read_table(spark, cfg, "audiences")
+            .where((F.col("run_date") == F.lit(report["run_date"]).cast("date")) & (F.col("target_type") == kind)
+                   & (F.col("target") == key)).orderBy("rank").limit(users).collect())
+    return {"target": first["target"], "name": first["name"], "size": first["users"],
+            "targets": [t["target"] for t in report["targets"]],
+            "users": [{"rank": r["rank"], "user_id": r["user_id"], "probability": r["probability"], "reason": r["reason"]}
+                      for r in rows]}
 
 
 def summarise(spark: SparkSession, cfg: Config, reports: dict[str, dict[str, Any]],
@@ -177,6 +196,14 @@ def render(s: dict[str, Any]) -> str:
             lines.append(f"  {r['rank']:>3}. {r['item_id']}  {r['title'][:40]:<40} {score:>8}  {r['reason']}")
     if s.get("search"):
         lines += render_search_sample(s["search"])
+    if s.get("audience"):
+        a = s["audience"]
+        kind, key = a["target"].split(":", 1)
+        lines += ["", f"Audience of {kind} {a['name']!r}: the {a['size']} users most likely to engage with it next"
+                      f"   (recsys audiences --{kind} \"{key}\")"]
+        for u in a["users"]:
+            lines.append(f"  {u['rank']:>3}. {u['user_id'][:20]:<20} p={u['probability']:.4f}  {u['reason']}")
+        lines.append(f"  audiences built: {', '.join(a['targets'])}")
     return "\n".join(lines)
 
 

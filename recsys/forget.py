@@ -67,6 +67,7 @@ USER_COLUMNS = {
     "recommendations": "user_id",
     "searches": "user_id",
     "search_results": "user_id",
+    "audiences": "user_id",
 }
 
 

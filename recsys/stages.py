@@ -11,11 +11,12 @@ loaded only by the stages that use them.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from recsys.config import Config
+from recsys.config import Config, TablesConfig
 from recsys.errors import UsageError
 
 if TYPE_CHECKING:
@@ -112,6 +113,22 @@ STAGES: tuple[Stage, ...] = (
     Stage("search-results", "recsys.search.service:search_results",
           "rank every logged search of a day (search.run_date) and write them to search_results",
           reads=("searches", "item_profiles", "catalog", "user_profiles", "item_text_embeddings"), writes=("search_results",)),
+    Stage("audiences", "recsys.scoring.audience_job:audiences",
+          "the users most likely to engage next with an item, a category or a brand (audiences.targets, else the "
+          "most popular items and largest categories), with a reason each",
+          reads=("user_profiles", "item_profiles", "item_text_embeddings"), writes=("audiences",),
+          render="recsys.scoring.audience_job:render_audiences",
+          options=(Option("--item", "item", "one item's audience (its item_id)"),
+                   Option("--category", "category", "one category's audience (a path: it covers the categories below)"),
+                   Option("--brand", "brand", "one brand's audience"),
+                   Option("--size", "size", "users per audience (default audiences.size)"),
+                   Option("--evaluate", "evaluate", "also measure precision/recall on the held-out steps against "
+                          "popularity-by-category and ALS", switch=True))),
+    Stage("report", "recsys.htmlreport.build:report",
+          "one self-contained HTML report of the run: tables, funnel, long tail, training, evaluation, a gallery "
+          "of users, audiences, searches",
+          reads=("events", "catalog", "quarantine", "user_profiles", "recommendations", "audiences", "searches",
+                 "search_results")),
     Stage("search", "recsys.search.service:search", "search the catalogue for one user, with a reason per result",
           reads=("item_profiles", "catalog", "user_profiles", "item_text_embeddings", "query_stats", "searches"), pipeline=False,
           render="recsys.search.service:render_search",
@@ -127,8 +144,15 @@ STAGES: tuple[Stage, ...] = (
     Stage("forget-user", "recsys.forget:forget_user", "erase one user from every table (GDPR article 17)",
           reads=("forget_audit",), writes=("events", "users", "quarantine", "user_profiles", "training_examples", "searches",
                                            "query_stats", "query_suggestions", "search_results",
-                                           "recommendations", "forget_audit"),
+                                           "recommendations", "audiences", "forget_audit"),
           pipeline=False, options=(Option("--user", "raw_user_id", "the raw user id (default: privacy.user)"),)),
+    Stage("maintain", "recsys.maintain:maintain",
+          "OPTIMIZE every Delta table (Z-ordered by the keys the jobs read by), VACUUM it (maintenance.retain_hours), "
+          "and report the sizes before and after",
+          writes=tuple(f.name for f in dataclasses.fields(TablesConfig)), pipeline=False,
+          render="recsys.maintain:render_maintain",
+          options=(Option("--table", "table", "only this table (a tables.* name)"),
+                   Option("--skip-vacuum", "skip_vacuum", "OPTIMIZE only", switch=True))),
 )
 
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
@@ -158,4 +182,12 @@ def run_stage(name: str, cfg: Config, spark: SparkSession | None = None, **optio
         from recsys.spark import get_spark
 
         spark = get_spark(cfg)
-    return stage.function()(spark, cfg, **{k: v for k, v in options.items() if v is not None})
+    report = stage.function()(spark, cfg, **{k: v for k, v in options.items() if v is not None})
+    if cfg.lakehouse.catalog and spark is not None:
+        # catalog tables: whatever the stage wrote, by any writer, is registered by name too
+        from recsys.tables import register_table
+
+        for name in stage.writes:
+            if name != "landing":
+                register_table(spark, cfg, name)
+    return report

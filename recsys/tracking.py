@@ -10,14 +10,23 @@ from recsys.config import Config
 from recsys.errors import NoModelError
 
 
-def setup_mlflow(tracking_uri: str, artifact_location: str, experiment: str) -> str:
-    """Point MLflow at ``tracking_uri`` and return the id of ``experiment`` (created if absent)."""
+def registry_uri(tracking_uri: str, model_name: str = "") -> str:
+    """The model registry's URI: the tracking server's, except on Databricks for a three-level
+    model name ``catalog.schema.model``, which lives in Unity Catalog (``databricks-uc``)."""
+    if model_name.count(".") == 2 and (tracking_uri == "databricks" or tracking_uri.startswith("databricks://")):
+        return "databricks-uc" + tracking_uri[len("databricks"):]
+    return tracking_uri
+
+
+def setup_mlflow(tracking_uri: str, artifact_location: str, experiment: str, model_name: str = "") -> str:
+    """Point MLflow at ``tracking_uri`` (and the registry of ``model_name``, see
+    :func:`registry_uri`) and return the id of ``experiment`` (created if absent)."""
     import mlflow
 
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_registry_uri(registry_uri(tracking_uri, model_name))
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
         return exp.experiment_id
@@ -31,7 +40,7 @@ def setup_mlflow(tracking_uri: str, artifact_location: str, experiment: str) -> 
 
 
 def setup_from_config(cfg: Config) -> str:
-    return setup_mlflow(cfg.tracking_uri, cfg.artifact_location, cfg.tracking.experiment)
+    return setup_mlflow(cfg.tracking_uri, cfg.artifact_location, cfg.tracking.experiment, cfg.tracking.model_name)
 
 
 def registered_version(cfg: Config, alias: str) -> Any | None:

@@ -239,6 +239,19 @@ def fit_als(spark: SparkSession, train: DataFrame, num_items: int, ecfg: Evaluat
     factors come back to the driver as a dense (N+1, rank) matrix, the user factors stay a
     DataFrame that :meth:`AlsScorer.attach` joins to the evaluation rows.
     """
+    model, users = fit_als_model(spark, train, num_items, ecfg, seed)
+    items = model.itemFactors.toPandas()
+    factors = np.zeros((num_items + 1, ecfg.als_rank), dtype=np.float32)
+    if len(items):
+        factors[items["id"].to_numpy(np.int64)] = np.stack(items["features"].to_numpy()).astype(np.float32)
+    user_factors = model.userFactors.join(users, F.col("id") == F.col("user_idx")).select(
+        "user_id", F.col("features").alias("factors")
+    )
+    return AlsScorer(factors, user_factors)
+
+
+def fit_als_model(spark: SparkSession, train: DataFrame, num_items: int, ecfg: EvaluationConfig, seed: int):
+    """``(ALSModel, users)``: the fitted Spark ML model and the (user_id, user_idx) ids it knows."""
     from pyspark.ml.recommendation import ALS
 
     users = train.select("user_id").distinct().withColumn(
@@ -257,15 +270,7 @@ def fit_als(spark: SparkSession, train: DataFrame, num_items: int, ecfg: Evaluat
         rank=ecfg.als_rank, maxIter=ecfg.als_max_iter, regParam=ecfg.als_reg_param, alpha=ecfg.als_alpha,
         coldStartStrategy="drop", seed=seed, numUserBlocks=blocks, numItemBlocks=blocks,
     )
-    model = als.fit(ratings)
-    items = model.itemFactors.toPandas()
-    factors = np.zeros((num_items + 1, ecfg.als_rank), dtype=np.float32)
-    if len(items):
-        factors[items["id"].to_numpy(np.int64)] = np.stack(items["features"].to_numpy()).astype(np.float32)
-    user_factors = model.userFactors.join(users, F.col("id") == F.col("user_idx")).select(
-        "user_id", F.col("features").alias("factors")
-    )
-    return AlsScorer(factors, user_factors)
+    return als.fit(ratings), users
 
 
 def fit_baselines(spark: SparkSession, examples: DataFrame, num_items: int, names: Sequence[str],

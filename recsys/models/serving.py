@@ -101,8 +101,11 @@ def load_network(model_uri: str, tracking_uri: str = "") -> tuple[Any, list]:
         import mlflow
 
         if tracking_uri:
+            from recsys.tracking import registry_uri
+
             mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
+            name = model_uri[len("models:/"):].split("/")[0].split("@")[0] if model_uri.startswith("models:/") else ""
+            mlflow.set_registry_uri(registry_uri(tracking_uri, name))
         local = Path(mlflow.artifacts.download_artifacts(model_uri))
         _NETWORKS[model_uri] = _read_artifacts(local / "artifacts" / NETWORK, local / "artifacts" / VOCABULARY)
     return _NETWORKS[model_uri]

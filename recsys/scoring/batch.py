@@ -107,6 +107,31 @@ def new_items(spark: SparkSession, cfg: Config, trained_items: int) -> NewItems 
                     price=rows["price_bucket"].fillna(0).to_numpy(np.int64))
 
 
+def cached_vectors(model_uri: str, model, fresh: NewItems | None):
+    """``(vectors, no_vector)`` of :func:`~recsys.scoring.ranking.with_new_items` for this
+    model and these new items, computed once per Python worker. The key is the model URI and
+    a digest of the new items' ids and features, so new texts for the same ids are re-encoded."""
+    import hashlib
+
+    import torch
+
+    digest = None
+    if fresh is not None:
+        h = hashlib.sha256()
+        for a in (fresh.idx, fresh.text, fresh.category, fresh.brand, fresh.price):
+            h.update(np.ascontiguousarray(a).tobytes())
+        digest = h.hexdigest()
+    key = (model_uri, digest)
+    if key not in _VECTORS:
+        with torch.no_grad():
+            if fresh is None:
+                _VECTORS[key] = (model.item_vectors(), None)
+            else:
+                _VECTORS[key] = with_new_items(model, model.item_vectors(), fresh.idx, fresh.text,
+                                               fresh.category, fresh.brand, fresh.price)
+    return _VECTORS[key]
+
+
 def recommend_partition(model_uri: str, tracking_uri: str, rules: ItemRules, top_k: int, batch_size: int,
                         exclude: str = "purchased", block_items: int = 8192, fresh: NewItems | None = None):
     """The mapInPandas function: user rows (user_id, seq_item_idx, seq_type_idx,
@@ -126,14 +151,7 @@ def recommend_partition(model_uri: str, tracking_uri: str, rules: ItemRules, top
         model, _ = load_network(model_uri, tracking_uri)
         L = model.spec.max_len
         with torch.no_grad():
-            key = (model_uri, None if fresh is None else (len(fresh.idx), int(fresh.idx.max())))
-            if key not in _VECTORS:
-                if fresh is None:
-                    _VECTORS[key] = (model.item_vectors(), None)
-                else:
-                    _VECTORS[key] = with_new_items(model, model.item_vectors(), fresh.idx, fresh.text,
-                                                   fresh.category, fresh.brand, fresh.price)
-            vectors, no_vector = _VECTORS[key]
+            vectors, no_vector = cached_vectors(model_uri, model, fresh)
             pool = torch.from_numpy(rules.fill_pool(top_k))
             for pdf in frames:
                 for start in range(0, len(pdf), batch_size):

@@ -290,3 +290,70 @@ def test_items_added_after_training_are_recommended_by_their_text(spark, demo_ru
         for user, items in history.items():
             (had if original in items else rest).append(ranks.get((user, n), top_k + 1))
     assert had and rest and sum(had) / len(had) < sum(rest) / len(rest), (sum(had) / len(had), sum(rest) / len(rest))
+
+
+def test_audiences_table_command_and_evaluation(spark, demo_run, capsys):
+    """The demo's audiences (the most popular items and the largest top-level categories):
+    ranked by the model's probability, no item's buyers in its audience, a reason from the
+    user's own history; `recsys audiences --item` replaces only that audience; the hold-out
+    evaluation against popularity-by-category and ALS."""
+    from recsys import cli, stages
+
+    cfg, summary, _ = demo_run
+    root = f"lakehouse.root={cfg.lakehouse.root_uri}"
+    aud = read_table(spark, cfg, "audiences").where("run_date = DATE'2026-11-01'")
+    items = read_table(spark, cfg, "item_profiles")
+    kinds = {}
+    for r in aud.select("target_type", "target").distinct().collect():
+        kinds.setdefault(r["target_type"], []).append(r["target"])
+    tops = items.select("top_category").distinct().count()
+    assert len(kinds["item"]) == cfg.audiences.auto_items and len(kinds["category"]) == min(cfg.audiences.auto_categories, tops)
+    per = aud.groupBy("target_type", "target").agg(F.max("rank").alias("hi"), F.count("*").alias("n"),
+                                                   F.countDistinct("rank").alias("ranks"),
+                                                   F.countDistinct("user_id").alias("users"))
+    # size users each, ranks 1..size (less a user the forget-user test erased from every table)
+    forgotten = read_table(spark, cfg, "forget_audit").count() if os.path.exists(cfg.table_path("forget_audit")) else 0
+    size = cfg.audiences.size
+    assert per.where(f"hi != {size} or users != n or ranks != n or n < {size - forgotten}").count() == 0
+    rows = aud.orderBy("target_type", "target", "rank").collect()
+    for a, b in zip(rows, rows[1:]):  # best first
+        if (a["target_type"], a["target"]) == (b["target_type"], b["target"]):
+            assert a["score"] >= b["score"]
+    assert all(0 < r["probability"] <= 1 and abs(r["probability"] - 2.718281828 ** r["score"]) < 1e-6 for r in rows)
+    assert {r["model_version"] for r in rows} == {summary["mlflow"]["model_version"]}
+    # nobody is in the audience of an item they already bought; every reason is in the user's history
+    profiles = read_table(spark, cfg, "user_profiles").join(
+        items.select(F.col("item_idx"), F.col("item_id").alias("reason_item_id")), F.expr("array_contains(seq_item_idx, item_idx)"))
+    joined = aud.join(profiles.select("user_id", "reason_item_id"), ["user_id", "reason_item_id"], "left_semi")
+    assert joined.count() == aud.count()
+    assert aud.where("reason not like 'because they %'").count() == 0
+    bought = (read_table(spark, cfg, "user_profiles").select("user_id", F.explode("purchased_item_idx").alias("item_idx"))
+              .join(items.select("item_idx", F.col("item_id").alias("target")), "item_idx"))
+    assert aud.where("target_type = 'item'").join(bought, ["user_id", "target"]).count() == 0
+
+    # one item's audience from the command line: 7 users, printed; the other audiences untouched
+    item = kinds["item"][0]
+    total, of_item = aud.count(), aud.where(f"target = '{item}'").count()
+    assert cli.main(["audiences", "--config", "conf/local.yaml", root, "scoring.run_date=2026-11-01",
+                     "--item", item, "--size", "7"]) == 0
+    out = capsys.readouterr().out
+    assert f"item:{item}" in out and out.count("because they ") == 7
+    after = read_table(spark, cfg, "audiences").where("run_date = DATE'2026-11-01'")
+    assert after.where(f"target = '{item}'").count() == 7
+    assert after.where(f"target != '{item}'").count() == total - of_item
+    assert cli.main(["audiences", "--config", "conf/local.yaml", root, "--item", "no-such-item"]) == 2
+    assert "no item 'no-such-item'" in capsys.readouterr().err
+    assert cli.main(["audiences", "--config", "conf/local.yaml", root, "--brand", "x", "--size", "-3"]) == 2
+    assert "--size must be a positive whole number" in capsys.readouterr().err
+
+    # the hold-out evaluation: every scorer measured on the same targets
+    rep = stages.run_stage("audiences", cfg, spark, category=kinds["category"][0], size="30", evaluate=True)
+    e = rep["evaluation"]
+    assert e["size"] == 30 and e["item"]["targets"] > 0 and e["category"]["targets"] > 0
+    for kind in ("item", "category"):
+        assert set(e[kind]["scorers"]) == {"model", "popularity_by_category", "als"}
+        for m in e[kind]["scorers"].values():
+            assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+    # a category audience of 30 among ~250 users: the model finds more buyers than chance would
+    chance = e["category"]["buyers"] / e["category"]["targets"] / e["rows"]
+    assert e["category"]["scorers"]["model"]["precision"] > chance

@@ -44,7 +44,7 @@ def test_the_pipeline_follows_the_config():
     names = lambda cfg: [s.name for s in stages.pipeline(cfg)]  # noqa: E731
     cfg = load_config(None)
     assert names(cfg) == ["generate", "ingest", "build-profiles", "embed-text", "train", "evaluate", "promote",
-                          "recommend", "build-search", "train-search-ranker", "search-results"]
+                          "recommend", "build-search", "train-search-ranker", "search-results", "audiences", "report"]
     assert "embed-text" not in names(load_config(None, ["features.text_embeddings=false"]))
     with pytest.raises(UsageError, match="unknown stage 'trian'; stages: generate"):
         stages.get("trian")
