@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._machine import loadavg, machine_info, versions  # noqa: E402
-from bench.scoring import WorkerMemory, log, make_model, make_tables  # noqa: E402
+from bench.scoring import log, make_model, make_tables, timed_job  # noqa: E402
 
 
 def limit(spark, cfg, model, targets: list[int], size: int) -> dict[str, Any]:
@@ -87,15 +87,8 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     log(f"  {plain}")
     runs = []
     for attempt in range(args.repeats):
-        mem = WorkerMemory()
-        mem.start()
-        t = time.perf_counter()
-        rep = audiences(spark, cfg)
-        seconds = time.perf_counter() - t
-        mem.stop.set()
-        mem.join()
-        runs.append({"seconds": round(seconds, 2), "users_per_second": round(args.users / seconds, 1),
-                     "rows": rep["rows"], "worker_peak_rss_mib": sorted(round(kb / 1024) for kb in mem.peak.values())})
+        rep, run = timed_job(lambda: audiences(spark, cfg), args.users)
+        runs.append({**run, "rows": rep["rows"]})
         log(f"  audiences #{attempt + 1}: {runs[-1]}")
     best = max(runs, key=lambda r: r["users_per_second"])
     return {"items": args.items, "users": args.users, "targets": args.targets, "size": args.size, "limit": plain,

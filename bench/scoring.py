@@ -71,6 +71,22 @@ class WorkerMemory(threading.Thread):
             time.sleep(self.every)
 
 
+def timed_job(job, users: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(job's report, {seconds, users_per_second, worker_peak_rss_mib})`` of one call of ``job``,
+    the Python workers' memory sampled meanwhile."""
+    mem = WorkerMemory()
+    mem.start()
+    t = time.perf_counter()
+    try:
+        rep = job()
+    finally:
+        seconds = time.perf_counter() - t
+        mem.stop.set()
+        mem.join()
+    return rep, {"seconds": round(seconds, 2), "users_per_second": round(users / seconds, 1),
+                 "worker_peak_rss_mib": sorted(round(kb / 1024) for kb in mem.peak.values())}
+
+
 def make_tables(spark, cfg, n_items: int, n_users: int, max_len: int, seed: int = 0) -> None:
     import numpy as np
     from pyspark.sql import types as T
@@ -176,16 +192,8 @@ def measure(n_items: int, args: argparse.Namespace, work: Path) -> dict[str, Any
     log(f"  {plain}")
     runs = []
     for attempt in range(args.repeats):
-        mem = WorkerMemory()
-        mem.start()
-        t = time.perf_counter()
-        rep = recommend(spark, cfg)
-        seconds = time.perf_counter() - t
-        mem.stop.set()
-        mem.join()
-        runs.append({"seconds": round(seconds, 2), "users_per_second": round(args.users / seconds, 1),
-                     "rows": rep["rows"], "rows_by_source": rep["rows_by_source"],
-                     "worker_peak_rss_mib": sorted(round(kb / 1024) for kb in mem.peak.values())})
+        rep, run = timed_job(lambda: recommend(spark, cfg), args.users)
+        runs.append({**run, "rows": rep["rows"], "rows_by_source": rep["rows_by_source"]})
         log(f"  recommend #{attempt + 1}: {runs[-1]}")
     best = max(runs, key=lambda r: r["users_per_second"])
     mib = cfg.scoring.batch_size * min(cfg.scoring.block_items, n_items) * 4 / 2**20
