@@ -273,7 +273,7 @@ def train_worker(job: TrainJob) -> dict:
 
     t0, stopped_by = time.time() - elapsed_before, "epochs"
     validate_seconds = 0.0  # the last validation's duration, kept free at the end of the budget
-    stream = job.train_set.batches(rank_batch, rank, world, endless=True, shuffle=True)
+    stream = job.train_set.batches(rank_batch, rank, world, endless=True, shuffle=True, seed=tc.seed)
     batches = length_bucketed(stream, tc.length_buckets, tc.seed) if tc.length_buckets > 0 else stream
     try:
         for epoch in range(first_epoch, tc.epochs + 1):

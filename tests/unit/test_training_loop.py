@@ -61,7 +61,7 @@ class InMemoryExamples:
     def __init__(self, items: torch.Tensor, targets: torch.Tensor) -> None:
         self.items, self.targets, self.rows = items, targets, len(items)
 
-    def batches(self, batch_size, rank, world, *, endless, shuffle):
+    def batches(self, batch_size, rank, world, *, endless, shuffle, seed=0):
         while True:
             for s in range(0, self.rows, batch_size):
                 items = self.items[s:s + batch_size]
@@ -161,8 +161,8 @@ class CrashingExamples(InMemoryExamples):
         super().__init__(items, targets)
         self.crash_after = crash_after
 
-    def batches(self, batch_size, rank, world, *, endless, shuffle):
-        stream = super().batches(batch_size, rank, world, endless=endless, shuffle=shuffle)
+    def batches(self, batch_size, rank, world, *, endless, shuffle, seed=0):
+        stream = super().batches(batch_size, rank, world, endless=endless, shuffle=shuffle, seed=seed)
         if not endless:  # validation
             yield from stream
             return
