@@ -276,6 +276,11 @@ class TrainConfig:
     # Where rank 0 writes a checkpoint after every epoch (one folder per MLflow run): any
     # location every training process can open; "" = <lakehouse root>/_checkpoints.
     checkpoint_dir: str = ""
+    # petastorm's cache: the training examples materialised as Parquet for the training
+    # processes, deleted after training. "" = <lakehouse root>/_petastorm. It must be a file:/
+    # or hdfs:// location (petastorm 0.13 reads no object store with pyarrow 14), so it must be
+    # set when the root is in object storage: a folder every training process reaches.
+    cache_dir: str = ""
     resume: bool = False  # continue the newest interrupted (running or failed) run from its checkpoint
     resume_run_id: str = ""  # ... or this run (also `recsys train --resume RUN_ID`)
     warm_start: WarmStart = WarmStart.NONE
@@ -534,7 +539,29 @@ class Config:
 
     @property
     def artifact_location(self) -> str:
-        return self.tracking.artifact_location or storage.join(self.lakehouse.root_uri, "_mlflow", "artifacts")
+        """Where MLflow stores a new experiment's artifacts, as MLflow names it (``s3://`` for
+        Hadoop's ``s3a://``: MLflow writes through boto3)."""
+        return storage.for_python(self.tracking.artifact_location
+                                  or storage.join(self.lakehouse.root_uri, "_mlflow", "artifacts"))
+
+    @property
+    def petastorm_cache_uri(self) -> str:
+        """``train.cache_dir`` (default ``<root>/_petastorm``) as the URL petastorm reads.
+
+        Raises:
+            ConfigError: it is in object storage, which petastorm cannot read here."""
+        location = self.train.cache_dir or storage.join(self.lakehouse.root_uri, "_petastorm")
+        url = storage.to_url(location)
+        if url.startswith("dbfs:/"):  # Databricks' FUSE mount
+            url = "file:///dbfs/" + url[len("dbfs:/"):].lstrip("/")
+        if url.split(":", 1)[0] not in ("file", "hdfs"):
+            where = (f"train.cache_dir is {location}" if self.train.cache_dir
+                     else f"lakehouse.root is {self.lakehouse.root_uri}")
+            raise ConfigError(f"config key 'train.cache_dir' must be a file:/ or hdfs:// folder every training process "
+                              f"reaches (file:///shared/..., hdfs://..., /dbfs/... on Databricks), because {where}: "
+                              "petastorm reads the materialised training examples with pyarrow, which reads no "
+                              "object store here")
+        return url
 
     def to_flat_dict(self) -> dict[str, Any]:
         """``{"train.epochs": 20, …}``: the resolved config, as logged to MLflow."""
@@ -605,7 +632,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
+        # YAML's true/false are Spark's and Hadoop's "true"/"false", not Python's "True"
+        return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
     raise ConfigError(f"config key '{key}': unsupported type {tp}")  # a bug in this module
 
 
@@ -658,7 +686,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> dict[str, Any]:
-    """``"train.epochs=3"`` → ``{"train": {"epochs": 3}}`` (the value is read as YAML)."""
+    """``"train.epochs=3"`` → ``{"train": {"epochs": 3}}`` (the value is read as YAML);
+    ``"spark.extra.spark.ui.port=4050"`` → ``{"spark": {"extra": {"spark.ui.port": 4050}}}``."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. train.epochs=3")
     key, raw = text.split("=", 1)
@@ -672,6 +701,8 @@ def parse_override(text: str) -> dict[str, Any]:
     node: dict[str, Any] = {}
     cur = node
     parts = key.split(".")
+    if parts[:2] == ["spark", "extra"] and len(parts) > 3:  # a Spark key is one name: spark.hadoop.fs.…
+        parts = parts[:2] + [".".join(parts[2:])]
     for p in parts[:-1]:
         cur = cur.setdefault(p, {})
     cur[parts[-1]] = value

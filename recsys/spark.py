@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 from pyspark.sql import SparkSession
 
@@ -28,8 +29,36 @@ def delta_package() -> str:
     return f"io.delta:delta-spark_{spark_mm}_2.13:{delta_version}"
 
 
-def spark_conf(cfg: SparkConfig) -> dict[str, str]:
-    """The Spark settings recsys needs, as a plain mapping (also used by tests)."""
+def hadoop_version() -> str | None:
+    """The Hadoop version of the jars inside the installed pyspark (None if there are none)."""
+    import glob
+    import re
+
+    import pyspark
+
+    for jar in sorted(glob.glob(os.path.join(os.path.dirname(pyspark.__file__), "jars", "hadoop-client-api-*.jar"))):
+        m = re.search(r"hadoop-client-api-(\d+\.\d+\.\d+)\.jar$", jar)
+        if m:
+            return m.group(1)
+    return None
+
+
+def hadoop_aws_package() -> str | None:
+    """Maven coordinate of the S3A connector matching pyspark's Hadoop (it brings the AWS SDK
+    bundle it was built with); None when pyspark ships no Hadoop jars (a cluster's own Spark)."""
+    version = hadoop_version()
+    return f"org.apache.hadoop:hadoop-aws:{version}" if version else None
+
+
+def needs_s3a(locations: Sequence[str]) -> bool:
+    return any(loc.startswith(("s3a://", "s3n://")) for loc in locations)
+
+
+def spark_conf(cfg: SparkConfig, locations: Sequence[str] = ()) -> dict[str, str]:
+    """The Spark settings recsys needs, as a plain mapping (also used by tests).
+
+    ``locations`` are the storage URIs the jobs will use: an ``s3a://`` one adds Hadoop's S3A
+    connector to ``spark.jars.packages`` beside Delta (when ``spark.resolve_delta_jars``)."""
     conf = {
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
@@ -53,9 +82,17 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         # spark-submit pass them with --driver-java-options (see README).
         conf["spark.driver.extraJavaOptions"] = cfg.jvm_options
         conf["spark.executor.extraJavaOptions"] = cfg.jvm_options
+    packages = []
     if cfg.resolve_delta_jars:
-        conf["spark.jars.packages"] = delta_package()
-    conf.update(cfg.extra)
+        packages.append(delta_package())
+        if needs_s3a(locations) and hadoop_aws_package():
+            packages.append(hadoop_aws_package())
+    extra = dict(cfg.extra)
+    if extra.get("spark.jars.packages"):  # the user's packages are added, not put instead
+        packages += [p.strip() for p in extra.pop("spark.jars.packages").split(",") if p.strip()]
+    if packages:
+        conf["spark.jars.packages"] = ",".join(dict.fromkeys(packages))
+    conf.update(extra)
     return conf
 
 
@@ -69,10 +106,12 @@ def get_spark(cfg: Config | None = None) -> SparkSession:
     if active is not None:
         return active
     sc = cfg.spark if cfg is not None else SparkConfig()
+    locations = ([cfg.lakehouse.root_uri, cfg.lakehouse.landing_uri, cfg.train.checkpoint_dir]
+                 if cfg is not None else [])
     builder = SparkSession.builder.appName(sc.app_name)
     if sc.master:
         builder = builder.master(sc.master)
-    for k, v in spark_conf(sc).items():
+    for k, v in spark_conf(sc, locations).items():
         builder = builder.config(k, v)
     # Spark's workers must run the same interpreter as the driver (our venv).
     import sys

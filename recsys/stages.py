@@ -65,8 +65,13 @@ class Stage:
         return getattr(importlib.import_module(module), name)
 
     def locations(self, cfg: Config) -> dict[str, dict[str, str]]:
-        """Where each table this stage reads and writes lives under ``cfg``."""
-        where = lambda n: cfg.lakehouse.landing_uri if n == "landing" else cfg.table_path(n)  # noqa: E731
+        """Where each table this stage reads and writes lives under ``cfg``: its location, or
+        with ``lakehouse.catalog`` set, ``catalog.schema.name at <location>``."""
+        def where(n: str) -> str:
+            if n == "landing":
+                return cfg.lakehouse.landing_uri
+            name = cfg.table_name(n)
+            return f"{name.replace('`', '')} at {cfg.table_path(n)}" if name else cfg.table_path(n)
         return {"reads": {n: where(n) for n in self.reads}, "writes": {n: where(n) for n in self.writes}}
 
 

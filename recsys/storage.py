@@ -8,6 +8,7 @@ local (a ``file:`` URI, or a plain path when no Spark session is running).
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import tempfile
 from contextlib import contextmanager
@@ -59,6 +60,15 @@ def local_path(location: str) -> str | None:
 def to_url(location: str) -> str:
     """A URL with a scheme (``file://`` for a plain path), for libraries that insist on one."""
     return location if has_scheme(location) else "file://" + os.path.abspath(location)
+
+
+def for_python(location: str) -> str:
+    """The URI Python's libraries (boto3, fsspec, MLflow) use for a Hadoop one: ``s3://`` for
+    ``s3a://`` and ``s3n://``; anything else unchanged."""
+    for hadoop in ("s3a://", "s3n://"):
+        if location.startswith(hadoop):
+            return "s3://" + location[len(hadoop):]
+    return location
 
 
 def _spark() -> SparkSession | None:
@@ -186,9 +196,17 @@ def copy_from_local(local_dir: str, location: str, spark: SparkSession | None = 
     spark = spark or _spark()
     fs, _ = _hadoop(spark, location)
     hadoop_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path
+    # Streamed through the destination's create() (Hadoop's FileUtil.copy), not S3A's own
+    # copyFromLocalFile: that one fails on a folder given as a plain path ("Cannot get relative
+    # path for URI", Hadoop 3.4) and its uploads wait on "Expect: 100-continue", which some
+    # S3-compatible servers answer wrongly.
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    local_fs = jvm.org.apache.hadoop.fs.FileSystem.getLocal(conf)
     for name in sorted(os.listdir(local_dir)):
-        # delSrc=False, overwrite=True
-        fs.copyFromLocalFile(False, True, hadoop_path(os.path.join(local_dir, name)), hadoop_path(join(location, name)))
+        src = hadoop_path(pathlib.Path(local_dir, name).resolve().as_uri())
+        # deleteSource=False, overwrite=True; folders recursively
+        jvm.org.apache.hadoop.fs.FileUtil.copy(local_fs, src, fs, hadoop_path(join(location, name)), False, True, conf)
 
 
 @contextmanager

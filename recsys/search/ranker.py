@@ -175,8 +175,9 @@ def train_search_ranker(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         rankers["champion"] = champion
     figures = evaluate_methods(engine, valid_s, valid_states, rankers) if len(valid_s) else {}
 
-    setup_from_config(cfg)
-    with mlflow.start_run(run_name="search-ranker") as run:
+    # In the project's experiment (and its artifact location), not MLflow's Default one.
+    experiment_id = setup_from_config(cfg)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="search-ranker") as run:
         mlflow.set_tag("recsys.kind", "search-ranker")
         mlflow.log_params({"features": ",".join(features), "train_searches": len(train_s), "valid_searches": len(valid_s),
                            "train_rows": len(train_m), "holdout_days": cfg.search.holdout_days,

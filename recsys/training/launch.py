@@ -173,6 +173,8 @@ def log_datasets(spark: SparkSession, cfg: Config, names: Sequence[str]) -> None
     """Record the input Delta tables, with the versions read, as the active run's datasets."""
     import mlflow
     from delta.tables import DeltaTable
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.data.spark_dataset import SparkDataset
 
     for name in names:
         if not table_exists(cfg, name, spark):
@@ -180,8 +182,10 @@ def log_datasets(spark: SparkSession, cfg: Config, names: Sequence[str]) -> None
         path = cfg.table_path(name)
         version = DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
         df = spark.read.format("delta").option("versionAsOf", version).load(path)
-        dataset = mlflow.data.from_spark(df, path=path, version=str(version), name=name)
-        mlflow.log_input(dataset, context="training")
+        # The source built here, not by mlflow.data.from_spark: that one looks for _delta_log
+        # with Python's os calls, so it refuses a table in object storage (s3a://, abfss://).
+        source = DeltaDatasetSource(path=path, delta_table_version=int(version))
+        mlflow.log_input(SparkDataset(df=df, source=source, name=name), context="training")
 
 
 def train(spark: SparkSession, cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
@@ -214,8 +218,8 @@ def train(spark: SparkSession, cfg: Config, resume_run_id: str | None = None) ->
     examples = read_table(spark, cfg, "training_examples")
     catalogue = item_catalogue(spark, cfg)
     steps_t.done("catalogue")
-    # petastorm's cache of materialised Parquet: under the lakehouse, so every worker reaches it.
-    cache = storage.to_url(storage.join(cfg.lakehouse.root_uri, "_petastorm"))
+    # petastorm's cache of materialised Parquet (train.cache_dir): where every worker reaches it.
+    cache = cfg.petastorm_cache_uri
     world = cfg.train.num_processes
     train_df = examples.where(F.col("split") == "train")
     train_set = materialise(spark, train_df, cache, files=4 * world)

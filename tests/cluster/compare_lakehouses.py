@@ -1,6 +1,6 @@
 """spark-submit job of `make cluster-test`: compare Delta tables of two lakehouses row for row.
 
-    compare_lakehouses.py OUT.json NAME=LAKEHOUSE_A,LAKEHOUSE_B,table[:table...] [...]
+    compare_lakehouses.py OUT.json [--location-dependent] NAME=LAKEHOUSE_A,LAKEHOUSE_B,table[:table...] [...]
 
 Each table is read from both lakehouses (by its default location under the root); columns that
 record when or in which run a row was written (VOLATILE) are dropped; maps become sorted entry
@@ -8,6 +8,8 @@ arrays. The rows must be the same multiset: the same count and the same two orde
 row hashes (:func:`fingerprint`; on a mismatch ``exceptAll`` both ways counts the rows that
 differ). When they are not, the comparison is repeated with floating-point values rounded to 5 decimals
 (``equal`` then says "within 1e-5"), so that float noise is told apart from different rows.
+``--location-dependent``: the two runs read their raw files from different places (a local
+folder and a bucket), so the columns derived from a file's location (LOCATION) are dropped too.
 """
 
 import json
@@ -23,11 +25,16 @@ TABLE_DIRS = {
     "item_daily_counts": "gold/item_daily_counts", "training_examples": "gold/training_examples",
     "item_text_embeddings": "gold/item_text_embeddings", "recommendations": "gold/recommendations",
     "searches": "gold/searches", "query_stats": "gold/query_stats", "query_suggestions": "gold/query_suggestions",
-    "search_results": "gold/search_results",
+    "search_results": "gold/search_results", "audiences": "gold/audiences",
 }
 # When and in which run a row was written: differs between any two runs.
 VOLATILE = {"run_id", "ingest_run_id", "ingested_at", "updated_at", "created_at", "processed_at", "scored_at",
             "built_at", "source_file", "_metadata"}
+
+
+# Derived from the landing file's URI: quarantine's source_file (already VOLATILE) and its
+# row_key (a hash of the file, the text and the occurrence).
+LOCATION = {"row_key"}
 
 
 def normalise(df: DataFrame, digits: int | None) -> DataFrame:
@@ -86,7 +93,11 @@ if __name__ == "__main__":
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     results = []
-    for spec in sys.argv[2:]:
+    specs = sys.argv[2:]
+    if specs and specs[0] == "--location-dependent":
+        VOLATILE |= LOCATION
+        specs = specs[1:]
+    for spec in specs:
         name, rest = spec.split("=", 1)
         a, b, tables = rest.split(",")
         for t in tables.split(":"):

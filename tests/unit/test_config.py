@@ -129,7 +129,8 @@ def test_storage_roots_stay_uris(root, events):
     assert cfg.table_path("events") == events
     assert cfg.lakehouse.landing_uri == events.replace("bronze/events", "landing")
     assert cfg.lakehouse.reports_uri == events.replace("bronze/events", "_reports")
-    assert cfg.artifact_location == events.replace("bronze/events", "_mlflow/artifacts")
+    # MLflow writes artifacts through boto3, which names S3 s3://
+    assert cfg.artifact_location == events.replace("bronze/events", "_mlflow/artifacts").replace("s3a://", "s3://")
 
 
 def test_a_remote_root_has_no_local_path_and_needs_a_tracking_server():
@@ -146,3 +147,35 @@ def test_a_remote_root_has_no_local_path_and_needs_a_tracking_server():
 def test_the_databricks_overlay_uses_a_location_spark_reads_as_dbfs():
     cfg = load_config(CONF / "databricks.yaml")
     assert cfg.table_path("events") == "dbfs:/recsys/lakehouse/bronze/events"
+
+
+def test_object_storage_settings():
+    """An s3a:// lakehouse: the S3A connector joins Delta in spark.jars.packages (a user's own
+    packages are added, not put instead), MLflow gets s3:// for its artifacts, petastorm's cache
+    must be set to a folder it can read (the error names the key), and a Spark key given on the
+    command line stays one key."""
+    from recsys.config import ConfigError
+    from recsys.spark import delta_package, hadoop_aws_package, spark_conf
+
+    s3 = load_config(CONF / "s3.yaml", ["lakehouse.root=s3a://shop/lake",
+                                        "spark.extra.spark.hadoop.fs.s3a.endpoint=http://127.0.0.1:9000",
+                                        "spark.extra.spark.hadoop.fs.s3a.path.style.access=true",
+                                        "spark.extra.spark.jars.packages=org.example:extra:1.0"])
+    assert hadoop_aws_package() == "org.apache.hadoop:hadoop-aws:3.4.1"  # pyspark 4.0's Hadoop
+    conf = spark_conf(s3.spark, [s3.lakehouse.root_uri])
+    assert conf["spark.jars.packages"] == f"{delta_package()},{hadoop_aws_package()},org.example:extra:1.0"
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"  # YAML's true, as Hadoop spells it
+    assert "hadoop-aws" not in spark_conf(s3.spark, ["/tmp/lake"])["spark.jars.packages"]
+    assert s3.artifact_location == "s3://shop/lake/_mlflow/artifacts"
+    assert s3.petastorm_cache_uri == "file:///tmp/recsys-petastorm"
+    unset = load_config(CONF / "s3.yaml", ["lakehouse.root=s3a://shop/lake", "train.cache_dir="])
+    with pytest.raises(ConfigError, match=r"'train.cache_dir'.*lakehouse.root is s3a://shop/lake"):
+        unset.petastorm_cache_uri
+    with pytest.raises(ConfigError, match=r"train.cache_dir is s3a://shop/cache"):
+        load_config(CONF / "s3.yaml", ["train.cache_dir=s3a://shop/cache"]).petastorm_cache_uri
+    local = load_config(CONF / "local.yaml", ["lakehouse.root=/tmp/lake"])
+    assert local.petastorm_cache_uri == "file:///tmp/lake/_petastorm"
+    assert local.artifact_location == "/tmp/lake/_mlflow/artifacts"
+    dbfs = load_config(CONF / "local.yaml", ["lakehouse.root=dbfs:/lake", "tracking.tracking_uri=databricks"])
+    assert dbfs.petastorm_cache_uri == "file:///dbfs/lake/_petastorm"

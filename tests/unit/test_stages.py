@@ -70,6 +70,11 @@ def test_dry_run_prints_the_config_and_the_tables_on_any_storage(capsys):
     assert out["config"]["train.epochs"] == 3 and out["config"]["lakehouse.root"] == "s3a://shop/lake"
     assert cli.main(["demo", "--dry-run"]) == 0
     assert list(json.loads(capsys.readouterr().out)["stages"]) == [s.name for s in stages.pipeline(load_config(None))]
+    # with catalog tables, each table's name and where it lives
+    assert cli.main(["ingest", "--dry-run", "lakehouse.root=s3a://shop/lake", "lakehouse.catalog=main",
+                     "lakehouse.schema=recsys"]) == 0
+    writes = json.loads(capsys.readouterr().out)["stages"]["ingest"]["writes"]
+    assert writes["events"] == "main.recsys.events at s3a://shop/lake/bronze/events"
 
 
 def _buggy(spark, cfg):  # a stage with a bug in it
