@@ -85,8 +85,9 @@ def spark_conf(cfg: SparkConfig, locations: Sequence[str] = ()) -> dict[str, str
     packages = []
     if cfg.resolve_delta_jars:
         packages.append(delta_package())
-        if needs_s3a(locations) and hadoop_aws_package():
-            packages.append(hadoop_aws_package())
+        s3a = hadoop_aws_package() if needs_s3a(locations) else None
+        if s3a:
+            packages.append(s3a)
     extra = dict(cfg.extra)
     if extra.get("spark.jars.packages"):  # the user's packages are added, not put instead
         packages += [p.strip() for p in extra.pop("spark.jars.packages").split(",") if p.strip()]

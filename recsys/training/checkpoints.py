@@ -24,8 +24,9 @@ SUMMARY = "checkpoint.json"
 
 def _fs_url(url: str) -> str:
     """What fsspec opens for a Spark-style URI."""
-    if url.startswith("s3a://") or url.startswith("s3n://"):
-        return "s3://" + url[6:]
+    from recsys.storage import for_python
+
+    url = for_python(url)  # s3a:// and s3n:// are s3:// to s3fs
     if url.startswith("dbfs:/"):
         return "/dbfs/" + url[len("dbfs:/"):].lstrip("/")
     return url

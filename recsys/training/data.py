@@ -11,8 +11,8 @@ Reproducible for a given seed and world size, wherever the ranks run (one machin
 ``local[2]`` or executors of a cluster): each row's file comes from a hash of its key and the
 rows of a file are sorted by it, so the cache's contents do not depend on how the table's files
 were laid out or listed; the files are read in name order; petastorm's row-group order comes
-from the seed, and its shuffling
-buffer (which draws from NumPy's global generator) is seeded per rank.
+from the seed, and its shuffling buffer (which draws from NumPy's global generator) is seeded
+per rank.
 """
 
 from __future__ import annotations
