@@ -186,12 +186,13 @@ class SASRec(nn.Module):
         training goes through ``forward`` and DDP's gradient hooks fire."""
         if targets is not None:
             k = getattr(self, "num_negatives", 0)
+            unseen = getattr(self, "mask_history", False)
             if 0 < k < self.spec.num_items:  # a catalogue no larger than K: the exact softmax is cheaper
                 share = getattr(self, "item_log_share", None)
                 if share is not None:
-                    return mixed_softmax_loss(self, items, types, targets, k, share)
-                return sampled_softmax_loss(self, items, types, targets, k)
-            return full_softmax_loss(self, items, types, targets)
+                    return mixed_softmax_loss(self, items, types, targets, k, share, mask_history=unseen)
+                return sampled_softmax_loss(self, items, types, targets, k, mask_history=unseen)
+            return full_softmax_loss(self, items, types, targets, mask_history=unseen)
         vectors = self.item_vectors()
         h = self.encode(items, types, vectors)[:, -1]  # (B, H)
         scores = h @ vectors.T
@@ -242,12 +243,17 @@ class CatalogueCrossEntropy(torch.autograd.Function):
     exponentials are computed once; the backward divides them into the softmax in place (no
     log-softmax copy, no zero-filled one-hot gradient). On Yelp's shapes (P = 550,
     N = 20,034, H = 128, one CPU thread) the loss's forward and backward took about 72% of
-    the time of ``F.cross_entropy``'s. The graph can be backpropagated once.
+    the time of ``F.cross_entropy``'s. The graph can be backpropagated once. ``excluded``
+    (P, W) lists items that are no candidates of their row (see :func:`seen_items`); a row's
+    target must not be among them.
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, vectors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, h: torch.Tensor, vectors: torch.Tensor, targets: torch.Tensor,
+                excluded: torch.Tensor | None = None) -> torch.Tensor:
         logits = h @ vectors.T  # (P, N+1)
+        if excluded is not None:  # (P, W) item indices that are no candidates of their row (0 = none)
+            logits.scatter_(1, excluded, float("-inf"))
         logits[:, 0] = float("-inf")
         target_logit = logits.gather(1, targets[:, None]).squeeze(1)
         top = logits.max(dim=1).values
@@ -263,35 +269,95 @@ class CatalogueCrossEntropy(torch.autograd.Function):
         g = e.div_(total[:, None])  # the softmax, in place
         g[torch.arange(len(targets), device=g.device), targets] -= 1.0
         scale = grad / len(targets)
-        return (g @ vectors) * scale, (g.T @ h) * scale, None
+        return (g @ vectors) * scale, (g.T @ h) * scale, None, None
 
 
-def full_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def seen_items(items: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each target position has already seen, for a loss that ranks unseen items only.
+
+    items, targets: (B, L). Returns ``seen`` (P, L), the input items up to and including
+    each position that has a target (0 = none), and ``fresh`` (P,) bool, False where the
+    target is one of them (a repeat). P = the non-zero targets, in ``targets[targets != 0]``
+    order.
+    """
+    L = items.shape[1]
+    upto = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()  # [t, s]: s <= t
+    seen = items[:, None, :].masked_fill(~upto[None], 0)[targets != 0]  # (P, L)
+    fresh = ~(seen == targets[targets != 0][:, None]).any(dim=1)
+    return seen, fresh
+
+
+def _no_positions(model: SASRec, h: torch.Tensor) -> torch.Tensor:
+    """A zero loss that still reaches the weights (DDP expects a gradient for every one)."""
+    return h.sum() * 0.0 + sum(p.sum() for p in model.parameters()) * 0.0
+
+
+def full_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor,
+                      *, mask_history: bool = False) -> torch.Tensor:
     """Mean cross-entropy of the next item over the whole catalogue at every non-pad position.
 
     items, types, targets: (B, L) int64; targets 0 = no target at that position.
+    ``mask_history``: rank the items the position has not seen yet, as the headline protocol
+    does (``evaluation.protocol=history_masked``): its input items are no candidates, and a
+    position whose target repeats one of them is left out (it could only be a miss there).
     """
     vectors = model.item_vectors()
     h = model.encode(items, types, vectors)  # (B, L, H)
     sel = targets != 0
-    return CatalogueCrossEntropy.apply(h[sel], vectors, targets[sel])
+    if not mask_history:
+        return CatalogueCrossEntropy.apply(h[sel], vectors, targets[sel])
+    seen, fresh = seen_items(items, targets)
+    if not fresh.any():
+        return _no_positions(model, h)
+    return CatalogueCrossEntropy.apply(h[sel][fresh], vectors, targets[sel][fresh], seen[fresh])
+
+
+def seen_columns(columns: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a row's seen items stand among sorted candidate columns: ``(rows, cols)``, every
+    pair with ``columns[col]`` one of the items of ``seen[row]``.
+
+    columns: (K,) sorted item indices, repeats allowed (sampled candidates have them); seen:
+    (P, W) item indices, 0 = none. Each seen item finds its run of equal columns by binary
+    search and the runs are listed, so the cost is O(P·W·log K + hits), not that of a dense
+    (P, K) mask (which cost more than the loss's own matrix product on Yelp's shapes). A
+    row that saw an item twice lists its pairs twice.
+    """
+    row, at = (seen != 0).nonzero(as_tuple=True)
+    items = seen[row, at]
+    lo = torch.searchsorted(columns, items)
+    counts = torch.searchsorted(columns, items, right=True) - lo
+    rows = row.repeat_interleave(counts)
+    run_start = torch.cumsum(counts, 0) - counts  # where each (row, item)'s pairs begin in the list
+    offset = torch.arange(len(rows), device=seen.device) - run_start.repeat_interleave(counts)
+    return rows, lo.repeat_interleave(counts) + offset
 
 
 def sampled_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor,
-                         num_negatives: int, log_share: torch.Tensor | None = None) -> torch.Tensor:
+                         num_negatives: int, log_share: torch.Tensor | None = None, *,
+                         mask_history: bool = False) -> torch.Tensor:
     """Cross-entropy over the target and ``num_negatives`` uniformly sampled items (shared by the batch).
 
     For catalogues too large for a full softmax; log-Q correction for uniform sampling is a
     constant and cancels. With ``log_share`` the batch's own targets join the candidates:
     see :func:`mixed_softmax_loss`. A candidate equal to a row's target is no negative of it.
+    ``mask_history``: as in :func:`full_softmax_loss`, a candidate the position has seen is no
+    negative of it, and positions with a repeated target are left out.
     """
     h = model.encode(items, types)  # fuses only the batch's own item vectors
     sel = targets != 0
     hs, ts = h[sel], targets[sel]  # (P, H), (P,)
+    seen = None
+    if mask_history:
+        seen, fresh = seen_items(items, targets)
+        if not fresh.any():
+            return _no_positions(model, h)
+        hs, ts, seen = hs[fresh], ts[fresh], seen[fresh]
     P, N = len(ts), model.spec.num_items
     cand = torch.randint(1, N + 1, (num_negatives,), device=items.device)
     if log_share is not None:
         cand = torch.cat([cand, ts])  # (K + P,): the in-batch negatives
+    if seen is not None:
+        cand = cand.sort().values  # the order of the candidates does not matter; see seen_columns
     vec = model.item_vectors(torch.cat([ts, cand]))  # one fusion for targets and candidates
     pos_logit = (hs * vec[:P]).sum(-1, keepdim=True)  # (P, 1)
     neg_logit = hs @ vec[P:].T  # (P, K [+ P])
@@ -300,12 +366,14 @@ def sampled_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor
         pos_logit = pos_logit - log_q[ts][:, None]
         neg_logit = neg_logit - log_q[cand][None, :]
     neg_logit = neg_logit.masked_fill(cand[None, :] == ts[:, None], float("-inf"))
+    if seen is not None:
+        neg_logit.index_put_(seen_columns(cand, seen), torch.tensor(float("-inf"), device=hs.device))
     logits = torch.cat([pos_logit, neg_logit], dim=1)
     return F.cross_entropy(logits, torch.zeros(P, dtype=torch.long, device=items.device))
 
 
 def mixed_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, targets: torch.Tensor,
-                       num_negatives: int, log_share: torch.Tensor) -> torch.Tensor:
+                       num_negatives: int, log_share: torch.Tensor, *, mask_history: bool = False) -> torch.Tensor:
     """Sampled softmax over ``num_negatives`` uniform items plus the batch's own targets
     (in-batch negatives), with the log-Q correction (Bengio & Senécal; Yi et al. 2019).
 
@@ -319,7 +387,7 @@ def mixed_softmax_loss(model: SASRec, items: torch.Tensor, types: torch.Tensor, 
 
     log_share: (N+1,) float, log of each item's share of the training targets.
     """
-    return sampled_softmax_loss(model, items, types, targets, num_negatives, log_share)
+    return sampled_softmax_loss(model, items, types, targets, num_negatives, log_share, mask_history=mask_history)
 
 
 def target_log_share(targets: torch.Tensor, num_items: int, *, counts: bool = False) -> torch.Tensor:

@@ -178,6 +178,7 @@ def train_worker(job: TrainJob) -> dict:
     # the ranks' equal-length batches got identical masks and identical negatives.
     torch.manual_seed(tc.seed + 1 + rank)
     model.num_negatives = job.num_negatives
+    model.mask_history = tc.mask_history
     if job.item_target_counts is not None:
         from recsys.models.sasrec import target_log_share
 

@@ -80,7 +80,8 @@ def test_flat_dict_for_mlflow():
     flat = load_config(CONF / "local.yaml").to_flat_dict()
     assert flat["train.epochs"] == 30 and flat["train.max_minutes"] == 30 and flat["train.num_negatives"] == 2048
     assert flat["train.negative_sampler"] == "mixed"  # enums as their values
-    assert (flat["train.future_share"], flat["train.future_window"]) == (0.5, 5)
+    assert (flat["train.future_share"], flat["train.future_window"]) == (0.0, 5)
+    assert flat["train.mask_history"] is False
     assert flat["env"] == "local"
     assert all(isinstance(k, str) for k in flat)
 

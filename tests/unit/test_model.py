@@ -4,8 +4,8 @@ import torch
 
 from torch.nn import functional as F
 
-from recsys.models.sasrec import (CatalogueCrossEntropy, SASRec, SASRecSpec, full_softmax_loss, mixed_softmax_loss,
-                                  sampled_softmax_loss, target_log_share)
+from recsys.models.sasrec import (CatalogueCrossEntropy, SASRec, SASRecSpec, full_softmax_loss,
+                                  mixed_softmax_loss, sampled_softmax_loss, seen_columns, seen_items, target_log_share)
 
 
 def make(side: bool = True, **kw) -> SASRec:
@@ -261,3 +261,90 @@ def test_item_dropout_blanks_whole_input_items_in_training_only():
     plain = make(side=False)
     plain.load_state_dict(m.state_dict())
     assert torch.equal(plain.eval()(items, types), m.eval()(items, types))
+
+
+def repeat_batch():
+    """Row 0 repeats item 3 as the target of its third position (3 is among its inputs)."""
+    items = torch.tensor([[0, 0, 0, 0, 3, 5, 7, 2], [0, 0, 0, 0, 0, 0, 1, 4]])
+    targets = torch.tensor([[0, 0, 0, 0, 5, 3, 2, 9], [0, 0, 0, 0, 0, 0, 4, 6]])
+    types = (items != 0).long()
+    return items, types, targets
+
+
+def test_seen_items_lists_each_positions_inputs_so_far():
+    items, _, targets = repeat_batch()
+    seen, fresh = seen_items(items, targets)
+    assert seen.shape == (6, 8)
+    assert [sorted(int(i) for i in row if i) for row in seen] == [[3], [3, 5], [3, 5, 7], [2, 3, 5, 7], [1], [1, 4]]
+    assert fresh.tolist() == [True, False, True, True, True, True]  # 3 after 3, 5: a repeat
+
+
+def test_history_masked_full_softmax_matches_cross_entropy_by_hand():
+    m = make()
+    items, types, targets = repeat_batch()
+    h = m.encode(items, types)
+    logits = h @ m.item_vectors().T
+    rows = []
+    for b in range(2):
+        for t in range(8):
+            y = int(targets[b, t])
+            seen = {int(i) for i in items[b, : t + 1] if i}
+            if not y or y in seen:
+                continue  # no target, or a repeat: left out
+            row = logits[b, t].clone()
+            row[0] = float("-inf")
+            row[list(seen)] = float("-inf")
+            rows.append(F.cross_entropy(row[None], torch.tensor([y])))
+    expected = torch.stack(rows).mean()
+    got = full_softmax_loss(m, items, types, targets, mask_history=True)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, full_softmax_loss(m, items, types, targets), atol=1e-3)
+    got.backward()
+    assert torch.isfinite(m.item_emb.weight.grad).all()
+
+
+def test_seen_columns_lists_every_copy_of_a_seen_item():
+    torch.manual_seed(3)
+    columns = torch.randint(1, 15, (40,)).sort().values  # with repeats
+    seen = torch.randint(0, 15, (7, 5))
+    seen[0] = 0  # a row that has seen nothing
+    rows, cols = seen_columns(columns, seen)
+    got = torch.zeros(7, 40, dtype=torch.bool)
+    got[rows, cols] = True
+    brute = ((columns[None, :, None] == seen[:, None, :]) & (seen[:, None, :] != 0)).any(dim=2)
+    assert torch.equal(got, brute)
+
+
+def test_history_masked_sampled_softmax_drops_seen_candidates():
+    m = make()
+    items, types, targets = repeat_batch()
+    share = target_log_share(targets, 20)
+    torch.manual_seed(5)
+    got = mixed_softmax_loss(m, items, types, targets, 6, share, mask_history=True)
+    # the same draw by hand
+    torch.manual_seed(5)
+    h = m.encode(items, types)
+    seen, fresh = seen_items(items, targets)
+    hs, ts, seen = h[targets != 0][fresh], targets[targets != 0][fresh], seen[fresh]
+    cand = torch.cat([torch.randint(1, 21, (6,)), ts])
+    vec = m.item_vectors()
+    log_q = torch.log(6 / 20 + len(ts) * share.exp())
+    logits = hs @ vec[cand].T - log_q[cand][None]
+    pos = (hs * vec[ts]).sum(-1) - log_q[ts]
+    banned = (cand[None, :] == ts[:, None]) | (cand[None, :, None] == seen[:, None, :]).any(2)
+    logits = torch.cat([pos[:, None], logits.masked_fill(banned, float("-inf"))], 1)
+    assert torch.allclose(got, F.cross_entropy(logits, torch.zeros(len(ts), dtype=torch.long)), atol=1e-5)
+    got.backward()
+    assert torch.isfinite(m.item_emb.weight.grad).all()
+
+
+def test_a_batch_of_repeats_only_gives_a_zero_loss_that_backpropagates():
+    m = make()
+    items = torch.tensor([[0, 0, 0, 0, 0, 0, 3, 5]])
+    targets = torch.tensor([[0, 0, 0, 0, 0, 0, 3, 3]])
+    types = (items != 0).long()
+    for loss in (full_softmax_loss(m, items, types, targets, mask_history=True),
+                 sampled_softmax_loss(m, items, types, targets, 4, mask_history=True)):
+        assert float(loss.detach()) == 0.0
+        loss.backward()
+        assert m.item_emb.weight.grad is not None

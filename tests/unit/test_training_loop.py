@@ -1,5 +1,7 @@
 """The training loop: length buckets that keep DDP ranks in step, the time budget, the
-weight average, future targets, and training on mixed negatives."""
+weight average, future targets, training on mixed negatives and on the history-masked loss."""
+
+import math
 
 import pytest
 import torch
@@ -110,6 +112,17 @@ def test_mixed_negatives_train_through_the_loop():
     losses = [e["train_loss"] for e in summary["history"]]
     assert losses[-1] < losses[0]
     assert all(0.0 <= e["val_ndcg_at_10"] <= 1.0 for e in summary["history"])
+
+
+def test_history_masked_loss_reaches_the_loop():
+    """train.mask_history is what the loop trains on: the same job gives other losses
+    without it, both finite although these histories repeat items all the time (20 items)."""
+    losses = {}
+    for masked in (True, False):
+        summary = train_worker(_job(max_seconds=0.0, epochs=2, mask_history=masked))
+        losses[masked] = [e["train_loss"] for e in summary["history"]]
+    assert all(math.isfinite(v) for vs in losses.values() for v in vs)
+    assert losses[True][0] != losses[False][0]
 
 
 def test_weight_average_follows_the_weights_and_swaps_them_back():
