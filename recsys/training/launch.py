@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -22,6 +22,8 @@ from recsys.training.data import materialise
 from recsys.training.loop import TrainJob, train_worker
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CHECKPOINT_TAG = "checkpoint_dir"  # the run's tag naming its checkpoint folder
 
@@ -188,6 +190,33 @@ def log_datasets(spark: SparkSession, cfg: Config, names: Sequence[str]) -> None
         mlflow.log_input(SparkDataset(df=df, source=source, name=name), context="training")
 
 
+def start_again_if_no_epoch(start: Callable[[], T], checkpoint_dir: str) -> T:
+    """``start()``, called a second time when it fails before an epoch ends (the checkpoint
+    folder holds the same epoch after the failure as before the start).
+
+    It wraps TorchDistributor's run. pyspark picks the rendezvous port by binding port 0 and
+    letting it go, so another process can take the port before torch.distributed listens on
+    it; the ranks then fail at once with EADDRINUSE, and pyspark's launcher reports only that
+    training failed. A second start gets a new port. A failure after an epoch has ended, or a
+    second failure, is raised.
+    """
+    from recsys.training import checkpoints
+
+    def epoch() -> int | None:
+        return (checkpoints.summary(checkpoint_dir) or {}).get("epoch")
+
+    before = epoch()
+    try:
+        return start()
+    except Exception as e:
+        if epoch() != before:
+            raise
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        log.warning("distributed training failed before an epoch ended (%s); starting it again once, "
+                    "as a rendezvous port taken by another process fails this way", first_line)
+    return start()
+
+
 def train(spark: SparkSession, cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     """Train the recommender with TorchDistributor; log and register it in MLflow under the
     challenger alias (``recsys promote`` decides whether it serves).
@@ -280,7 +309,7 @@ def train(spark: SparkSession, cfg: Config, resume_run_id: str | None = None) ->
     distributor = TorchDistributor(num_processes=world, local_mode=cfg.train.local_mode, use_gpu=cfg.train.use_gpu)
     try:
         with EpochMonitor(cfg.tracking_uri, run_id, cfg.train.epochs, cfg.train.max_minutes * 60):
-            summary = distributor.run(train_worker, job)
+            summary = start_again_if_no_epoch(lambda: distributor.run(train_worker, job), checkpoint_dir)
     except BaseException as e:
         client.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:4000])
         client.set_terminated(run_id, "FAILED")
