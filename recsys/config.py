@@ -212,7 +212,7 @@ class ModelConfig:
     blocks: int = 2
     heads: int = 1
     dropout: float = 0.5
-    item_dropout: float = 0.0  # training only: share of history steps whose item vector is blanked
+    item_dropout: float = 0.2  # training only: share of history steps whose item vector is blanked
     side_features: bool = True
     text_features: bool = True  # add the projected item text embedding when item_text_embeddings exists
 
