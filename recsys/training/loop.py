@@ -48,6 +48,16 @@ class TrainJob:
 TIME_CHECK_STEPS = 8  # how often (in steps) the ranks agree on whether the time budget is spent
 
 
+def fitted_schedule_steps(step: int, elapsed: float, max_seconds: float, planned: int) -> int:
+    """The schedule's length in steps when it is fitted to a time budget: the ``step`` steps
+    taken in ``elapsed`` seconds (validations included) and as many more as the ``max_seconds``
+    left allow at that pace, never more than the ``planned`` steps nor fewer than those taken."""
+    if step <= 0 or max_seconds <= 0:
+        return planned
+    more = int(max(0.0, max_seconds - elapsed) / (elapsed / step))
+    return max(step, min(planned, step + more))
+
+
 def _lr_at(step: int, tc: TrainConfig, total: int) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak rate."""
     if step < tc.warmup_steps:
@@ -195,6 +205,7 @@ def train_worker(job: TrainJob) -> dict:
     rank_batch = max(1, tc.batch_size // world)  # the config requires a multiple of world
     steps_per_epoch = max(1, math.ceil(job.train_set.rows / tc.batch_size))
     total_steps = steps_per_epoch * tc.epochs
+    schedule_steps = total_steps  # the learning-rate decay's length (train.fit_schedule_to_budget refits it)
     precision = tc.precision.value
     bf16 = gpu and (precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()))
 
@@ -248,6 +259,7 @@ def train_worker(job: TrainJob) -> dict:
             average.updates = resumed["average_updates"]
         history, best, bad_epochs = resumed["history"], resumed["best"], resumed["bad_epochs"]
         step, first_epoch, elapsed_before = resumed["step"], resumed["epoch"] + 1, resumed["elapsed"]
+        schedule_steps = resumed.get("schedule_steps", total_steps)
         if rank < len(resumed["rng"]):
             torch.set_rng_state(resumed["rng"][rank])
 
@@ -262,7 +274,7 @@ def train_worker(job: TrainJob) -> dict:
                      "average": average.shadow if average is not None else None,
                      "average_updates": average.updates if average is not None else 0,
                      "best": best, "bad_epochs": bad_epochs, "history": history,
-                     "elapsed": time.time() - t0, "rng": rngs}
+                     "elapsed": time.time() - t0, "rng": rngs, "schedule_steps": schedule_steps}
             checkpoints.save(job.checkpoint_dir, state, {"epoch": epoch, "step": step, "best_epoch": best["epoch"],
                                                          "best_val_ndcg_at_10": best["ndcg"]})
     def out_of_time(reserve: float) -> bool:
@@ -288,7 +300,7 @@ def train_worker(job: TrainJob) -> dict:
                     break
                 batch = next(batches)
                 for g in opt.param_groups:
-                    g["lr"] = _lr_at(step, tc, total_steps)
+                    g["lr"] = _lr_at(step, tc, schedule_steps)
                 loss = loss_fn(batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -318,6 +330,13 @@ def train_worker(job: TrainJob) -> dict:
             if mlflow is not None:
                 mlflow.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=epoch)
             bad_epochs = 0 if improved else bad_epochs + 1
+            if tc.fit_schedule_to_budget and job.max_seconds > 0:
+                # Every rank must follow one schedule: the slowest rank's estimate wins.
+                fit = torch.tensor([fitted_schedule_steps(step, time.time() - t0, job.max_seconds, total_steps)],
+                                   dtype=torch.long, device=device)
+                if distributed:
+                    dist.all_reduce(fit, op=dist.ReduceOp.MIN)
+                schedule_steps = int(fit.item())
             if job.checkpoint_dir:
                 checkpoint(epoch)
             if stopped_by == "time":
@@ -338,6 +357,7 @@ def train_worker(job: TrainJob) -> dict:
         "best_epoch": best["epoch"],
         "best_val_ndcg_at_10": best["ndcg"],
         "train_seconds": time.time() - t0,
+        "schedule_steps": schedule_steps,
         "history": history,
         "world_size": world,
     }

@@ -8,8 +8,8 @@ import torch
 
 from recsys.config import ModelConfig, TrainConfig
 from recsys.models import Catalogue
-from recsys.training.loop import (TIME_CHECK_STEPS, TrainJob, WeightAverage, future_targets, length_bucketed,
-                                 train_worker)
+from recsys.training.loop import (TIME_CHECK_STEPS, TrainJob, WeightAverage, fitted_schedule_steps, future_targets,
+                                 length_bucketed, train_worker)
 
 
 def _stream(lengths: torch.Tensor, batch: int):
@@ -100,6 +100,29 @@ def test_without_a_budget_every_epoch_runs_in_full():
     summary = train_worker(_job(max_seconds=0.0, epochs=2))
     assert (summary["epochs_run"], summary["stopped_by"]) == (2, "epochs")
     assert [e["steps"] for e in summary["history"]] == [640 // 16] * 2
+
+
+def test_the_fitted_schedule_ends_where_the_budget_does():
+    # 100 steps in 50 s: 0.5 s a step, so 60 s more allow 120 more steps.
+    assert fitted_schedule_steps(100, 50.0, 110.0, planned=1000) == 220
+    assert fitted_schedule_steps(100, 50.0, 1e6, planned=1000) == 1000  # never beyond the plan
+    assert fitted_schedule_steps(100, 120.0, 110.0, planned=1000) == 100  # over budget: the steps taken
+    assert fitted_schedule_steps(0, 0.0, 110.0, planned=1000) == 1000  # nothing to measure yet
+
+
+@pytest.mark.parametrize("fit", [True, False])
+def test_a_budget_cut_run_decays_its_rate_only_when_the_schedule_is_fitted(fit):
+    """2 seconds for 1000 epochs: the budget ends the run either way; fitted, the rate has
+    (nearly) finished its decay to 10% of the peak by then, unfitted it is still near the peak."""
+    summary = train_worker(_job(max_seconds=2.0, epochs=1000, fit_schedule_to_budget=fit))
+    assert summary["stopped_by"] == "time" and summary["epochs_run"] >= 3
+    last_lr, peak = summary["history"][-1]["lr"], 1e-3
+    if fit:
+        assert summary["schedule_steps"] < 1000 * 640 // 16
+        assert last_lr < 0.3 * peak
+    else:
+        assert summary["schedule_steps"] == 1000 * 640 // 16
+        assert last_lr > 0.9 * peak
 
 
 def test_mixed_negatives_train_through_the_loop():
